@@ -22,7 +22,6 @@ setup(
     license='GPLv3+',
     classifiers=[
         'Framework :: Buildout :: Recipe',
-        'License :: OSI Approved :: GNU General Public License v3 or later (GPLv3+)',
         'Operating System :: POSIX :: Linux',
         'Programming Language :: Python :: 2.7',
         'Programming Language :: Python :: 3',

@@ -57,7 +57,7 @@ EXIT_FAILURE = 125      # isolate-exec itself failed (or --userns require)
 EXIT_CANNOT_EXEC = 126  # the command exists but cannot be executed
 EXIT_NOT_FOUND = 127    # the command was not found
 
-# Text reports list at most this many leaked files; the JSON report has all.
+# Text reports list at most this many files; the JSON report has all.
 MAX_FILE_LINES = 100
 
 USAGE = """\
@@ -461,10 +461,26 @@ def clone_into_namespaces(flags):
     number, stack_first = _CLONE_SYSCALL[machine]
     flags |= signal.SIGCHLD
     args = (0, flags) if stack_first else (flags, 0)
+    # The interpreter must do its fork bookkeeping as for os.fork: without it
+    # Python 2 ignores every signal in the child (its handler checks getpid()
+    # against the pid it saved), and locks or at-fork hooks could be stale.
+    api = ctypes.pythonapi
+    before = getattr(api, 'PyOS_BeforeFork', None)  # Python 3.7+
+    if before is not None:
+        before()
     pid = libc().syscall(number, ctypes.c_ulong(args[0]), ctypes.c_ulong(args[1]),
                          None, None, ctypes.c_ulong(0))
+    err = ctypes.get_errno()
+    if before is None:
+        if pid == 0:
+            api.PyOS_AfterFork()
+    elif pid == 0:
+        api.PyOS_AfterFork_Child()
+    else:
+        api.PyOS_AfterFork_Parent()
     if pid < 0:
-        raise _os_error('create %s namespace' % ('user' if flags & CLONE_NEWUSER else 'mount'))
+        raise _os_error('create %s namespace' % ('user' if flags & CLONE_NEWUSER else 'mount'),
+                        err)
     return pid
 
 
@@ -768,8 +784,18 @@ def start_command(argv, env, foreground):
     try:
         return spawn_command(argv, env, foreground), None
     except OSError as e:
-        warn('%s: %s: %s' % (PROG, argv[0], os.strerror(e.errno)))
-        return None, EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_CANNOT_EXEC
+        err = e.errno
+        if err == errno.EACCES and '/' not in argv[0] and not _on_path(argv[0], env):
+            # execvp says EACCES when a PATH directory cannot be searched
+            # (e.g. /root/... for nobody), even if the command is nowhere.
+            err = errno.ENOENT
+        warn('%s: %s: %s' % (PROG, argv[0], os.strerror(err)))
+        return None, EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_CANNOT_EXEC
+
+
+def _on_path(name, env):
+    return any(os.path.exists(os.path.join(d or '.', name))
+               for d in env.get('PATH', os.defpath).split(':'))
 
 
 def _set_cloexec(fd):
@@ -1020,8 +1046,9 @@ def walk_leaked_files(root_fd, prefix, skip=(), remove=False):
     """List everything under the directory open as root_fd, shown under prefix,
     without following symbolic links or crossing into other mounts, in
     preorder with sorted names. With remove, delete it all on the way.
-    -> (leaked paths, sticky directories, unreadable directories); directory
-    paths end with '/'. Changes the current directory."""
+    -> (paths, sticky directories, unreadable directories): every path found,
+    sticky directories included; directory paths end with '/'. Changes the
+    current directory."""
     # The walk goes by relative chdir, so that it needs no lookup of long
     # paths (PATH_MAX is 4096) and no recursion (the tree may be deep), and it
     # starts from a file descriptor, so a mount stacked on the root by the
@@ -1049,7 +1076,9 @@ def walk_leaked_files(root_fd, prefix, skip=(), remove=False):
             if dpath not in skip:
                 leaked.append(dpath + b'/')
             continue
-        (sticky if st.st_mode & stat.S_ISVTX else leaked).append(dpath + b'/')
+        leaked.append(dpath + b'/')
+        if st.st_mode & stat.S_ISVTX:  # like wcfs' shared registry: not a leak
+            sticky.append(dpath + b'/')
         try:
             _enter(name, st)
         except OSError:
@@ -1289,13 +1318,12 @@ def format_report(result):
         lines.append(fsencode('# killed pid=%d with SIGKILL: still running after --kill-timeout'
                               % pid))
     files = result.get('files', ())
+    sticky = set(result.get('sticky', ()))
     for path in files[:MAX_FILE_LINES]:
-        lines.append(b'# leaked ' + escape_name(path))
+        lines.append((b'# found sticky ' if path in sticky else b'# leaked ') + escape_name(path))
     if len(files) > MAX_FILE_LINES:
         lines.append(fsencode('# ... and %d more leaked files (--report FILE lists them all)'
                               % (len(files) - MAX_FILE_LINES)))
-    for path in result.get('sticky', ()):
-        lines.append(b'# found sticky ' + escape_name(path))
     for path in result.get('unreadable', ()):
         lines.append(b'# unreadable ' + escape_name(path))
     for m in result.get('leaked_mounts', ()):
@@ -1306,7 +1334,17 @@ def format_report(result):
 
 
 def has_leaks(result):
-    return any(result.get(key) for key in ('processes', 'files', 'leaked_mounts', 'gone_mounts'))
+    return (len(result.get('files', ())) > len(result.get('sticky', ())) or
+            any(result.get(key) for key in ('processes', 'leaked_mounts', 'gone_mounts')))
+
+
+def leaked_files(result):
+    """The leaked files: what the walk found but sticky directories."""
+    files, sticky = result.get('files', []), result.get('sticky')
+    if sticky:
+        sticky = set(sticky)
+        files = [p for p in files if p not in sticky]
+    return files
 
 
 def unescape_mount(m):
@@ -1336,7 +1374,7 @@ def write_json_report(path, run, result, isolated, reason, code):
         'exit_code': code,
         'duration_s': round(result.get('duration', 0.0), 6),
         'leaked': has_leaks(result),
-        'leaked_files': [fsdecode(p) for p in result.get('files', ())],
+        'leaked_files': [fsdecode(p) for p in leaked_files(result)],
         'sticky_dirs': [fsdecode(p) for p in result.get('sticky', ())],
         'unreadable_dirs': [fsdecode(p) for p in result.get('unreadable', ())],
         'leaked_mounts': [fsdecode(unescape_mount(m)) for m in result.get('leaked_mounts', ())],

@@ -1,0 +1,198 @@
+"""Shared fixtures: run isolate-exec for real, as root and as nobody, isolated
+and in the real "no user namespaces" sandbox.
+
+The tests run from a virtualenv made from /usr/bin/python3 with the project
+installed (not from the checkout: CI may clone it where nobody cannot read),
+in a world-readable folder outside /tmp (anything under /tmp is invisible
+inside a run). `.ci/run` prepares all of that.
+"""
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKOUT = os.path.dirname(HERE)
+BIN = os.path.dirname(sys.executable)
+ISOLATE_EXEC = os.path.join(BIN, 'isolate-exec')
+SCRATCH_ROOT = os.environ.get('ISOLATEDTEST_SCRATCH', '/var/tmp/isolatedtest-tests')
+PY27 = os.environ.get('ISOLATEDTEST_PY27', '/var/tmp/isolatedtest-py27/bin/python2.7')
+if not os.access(PY27, os.X_OK):
+    PY27 = None
+# Payloads that run as nobody need an interpreter nobody can execute
+# (pyenv's live under /root, mode 0700).
+PYTHON = '/usr/bin/python3'
+
+NOBODY_UID = 65534
+AS_NOBODY = ['setpriv', '--reuid=%d' % NOBODY_UID, '--regid=%d' % NOBODY_UID, '--clear-groups']
+# A real "user namespaces unavailable" machine without touching the host: in a
+# user namespace of its own (same uid), max_user_namespaces is set to 0, then
+# every capability is dropped (the bounding set too, or root would get them
+# back at exec): creating a user namespace fails with ENOSPC, and a mount
+# namespace, for root, with EPERM (as in a container without CAP_SYS_ADMIN).
+NO_USERNS = ['unshare', '-Uc', '--keep-caps', 'sh', '-c',
+             'echo 0 > /proc/sys/user/max_user_namespaces && '
+             'exec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all "$@"', '-']
+NO_USERNS_REASON = {
+    'nobody': 'create user namespace: No space left on device',
+    'root': 'create mount namespace: Operation not permitted',
+}
+
+CALLERS = ('root', 'nobody')
+
+
+def pytest_configure(config):
+    if not os.access(ISOLATE_EXEC, os.X_OK):
+        raise pytest.UsageError(
+            '%s not found: run the tests with the python of a virtualenv where the '
+            'project is installed (see README, "Tests")' % ISOLATE_EXEC)
+    if os.getuid() != 0:
+        raise pytest.UsageError('the tests need root (they also run things as nobody)')
+
+
+class Result(object):
+    def __init__(self, proc, out, err, duration):
+        self.returncode = proc.returncode
+        self.pid = proc.pid
+        self.out = out
+        self.err = err
+        self.duration = duration
+        self.stdout = out.decode('utf-8', 'replace')
+        self.stderr = err.decode('utf-8', 'replace')
+
+    @property
+    def report(self):
+        """The '# ...' lines isolate-exec printed on stderr."""
+        return [l for l in self.stderr.splitlines() if l.startswith('# ')]
+
+    def __repr__(self):
+        return '<Result rc=%s\n--- stdout\n%s\n--- stderr\n%s>' % (
+            self.returncode, self.stdout, self.stderr)
+
+
+def command_line(args, caller='root', sandbox=False, python=None):
+    """argv running isolate-exec with args, as caller, optionally in the
+    no-userns sandbox, with python 'py3' (the console script) or 'py27'."""
+    if python == 'py27':
+        if not PY27:
+            pytest.fail('ISOLATEDTEST_PY27 is not set: .ci/run provides a Python 2.7 '
+                        'nobody can run')
+        tool = [PY27, '-m', 'slapos.recipe.isolate_exec']
+    else:
+        tool = [ISOLATE_EXEC]
+    prefix = AS_NOBODY if caller == 'nobody' else []
+    if sandbox:
+        prefix = prefix + NO_USERNS
+    return prefix + tool + list(args)
+
+
+def py27_env(env):
+    env = dict(os.environ if env is None else env)
+    env['PYTHONPATH'] = os.path.join(SCRATCH_ROOT, 'py27lib')
+    return env
+
+
+def run(args, caller='root', sandbox=False, python=None, input=None, timeout=60,
+        env=None, cwd=None):
+    """Run isolate-exec to completion. -> Result"""
+    argv = command_line(args, caller, sandbox, python)
+    if python == 'py27':
+        env = py27_env(env)
+    start = time.time()
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=cwd or SCRATCH_ROOT)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError('timeout: %r\n%s\n%s' % (argv, out, err))
+    return Result(proc, out, err, time.time() - start)
+
+
+def start(args, caller='root', sandbox=False, python=None, env=None, **kw):
+    """Start isolate-exec in the background. -> Popen"""
+    argv = command_line(args, caller, sandbox, python)
+    if python == 'py27':
+        env = py27_env(env)
+    kw.setdefault('cwd', SCRATCH_ROOT)
+    return subprocess.Popen(argv, env=env, **kw)
+
+
+def wait_for(predicate, timeout=10, what='condition'):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError('timeout waiting for %s' % what)
+
+
+def pid_alive(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rpartition(') ')[2].split()[0] != 'Z'
+    except (IOError, OSError):
+        return False
+
+
+def host_mounts():
+    with open('/proc/self/mountinfo') as f:
+        return [' '.join(l.split()[3:]) for l in f.read().splitlines()]
+
+
+@pytest.fixture(scope='session', autouse=True)
+def scratch_root():
+    """A world-readable scratch folder outside /tmp; at the end, check that the
+    whole session left nothing on the host: no mounts, no private dirs."""
+    if os.path.exists(SCRATCH_ROOT):
+        shutil.rmtree(SCRATCH_ROOT)
+    os.makedirs(SCRATCH_ROOT)
+    os.chmod(SCRATCH_ROOT, 0o777)
+    if PY27:  # Python 2 has no namespace packages without __init__.py: a source copy
+        shutil.copytree(os.path.join(CHECKOUT, 'slapos'),
+                        os.path.join(SCRATCH_ROOT, 'py27lib', 'slapos'))
+        subprocess.check_call(['chmod', '-R', 'a+rX', os.path.join(SCRATCH_ROOT, 'py27lib')])
+    mounts = host_mounts()
+    tmp_before = set(os.listdir('/tmp'))
+    yield SCRATCH_ROOT
+    assert host_mounts() == mounts
+    left = [n for n in set(os.listdir('/tmp')) - tmp_before if n.startswith('isolate-exec')]
+    assert left == []
+    shutil.rmtree(SCRATCH_ROOT)
+
+
+@pytest.fixture
+def scratch(request):
+    """A fresh folder nobody can write to, outside /tmp."""
+    name = request.node.name
+    for c in '[]/ ':
+        name = name.replace(c, '_')
+    path = os.path.join(SCRATCH_ROOT, name)
+    os.makedirs(path)
+    os.chmod(path, 0o777)
+    yield path
+    subprocess.call(['chmod', '-R', 'u+rwx', path])
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def reaper():
+    """Processes started by a test; killed at the end if still running."""
+    procs = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def tmpfs_paths():
+    from slapos.recipe.isolate_exec import PRIVATE_TMPFS
+    return [path for path, _ in PRIVATE_TMPFS]
