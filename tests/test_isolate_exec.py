@@ -500,3 +500,17 @@ def test_python_m_is_the_same_command():
                        stdout=subprocess.PIPE)
     assert r.stdout == subprocess.run([ISOLATE_EXEC, '--version'], stdout=subprocess.PIPE).stdout
     assert r.stdout.startswith(b'isolate-exec 0.')
+
+
+def test_fuse_mount_inside_as_root(scratch):
+    """FUSE works inside (bindfs); its daemon and mount are reported as leaks,
+    and the daemon is killed before the walk (a live FUSE daemon could hang it)."""
+    r = run(['--kill-timeout', '1'] +
+            sh('mkdir /tmp/src /tmp/mnt; echo hello > /tmp/src/f; bindfs /tmp/src /tmp/mnt; '
+               'cat /tmp/mnt/f; grep -c " /tmp/mnt .* fuse /tmp/src " /proc/self/mountinfo'))
+    assert r.returncode == 0, r
+    assert r.stdout == 'hello\n1\n'
+    assert [l for l in r.report if l.startswith('# leaked pid=')][0].split()[3] == "'bindfs'"
+    assert '# leaked /tmp/mnt/' in r.report and '# leaked /tmp/src/f' in r.report
+    assert [l for l in r.report if l.startswith('# leaked mount: ')][0].startswith(
+        '# leaked mount: /tmp/src /tmp/mnt fuse rw,')

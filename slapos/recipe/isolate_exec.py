@@ -1182,9 +1182,10 @@ def setup_isolation(run):
 
 
 def run_and_check(run, roots, mounts_before):
-    """Run the command, then report and kill leaked processes, diff the mounts
-    and walk the private tmpfs (in that order: a live FUSE daemon could hang
-    the walk). -> result dict"""
+    """Run the command, then diff the mounts (reading mountinfo asks no FUSE
+    daemon; a daemon killed first may unmount itself and hide its leak), kill
+    leaked processes, detach leaked mounts and walk the private tmpfs (a live
+    FUSE daemon could hang the walk). -> result dict"""
     result = {}
     if _pending_signal is not None:  # interrupted before the command started
         result['status'] = 128 + _pending_signal
@@ -1197,8 +1198,8 @@ def run_and_check(run, roots, mounts_before):
         forward_signals_to(None)
     result['status'] = code
     result['duration'] = now() - start
-    result['processes'], result['killed'] = kill_leaked_processes(1, run.kill_timeout)
     result['leaked_mounts'], result['gone_mounts'] = diff_mounts(mounts_before, read_mounts())
+    result['processes'], result['killed'] = kill_leaked_processes(1, run.kill_timeout)
     detach_mounts(result['leaked_mounts'])
     skip = set(fsencode(entry.path) for entry in run.tmpfs)
     files, sticky, unreadable = [], [], []
