@@ -36,11 +36,14 @@ setup(
     python_requires='>=2.7',
     install_requires=[],  # the runtime is standard library only
     extras_require={
-        'test': ['pytest', 'zc.buildout', 'slapos.recipe.template'],
+        'test': ['pytest'],
     },
     entry_points={
         'console_scripts': [
             'isolate-exec = slapos.recipe.isolate_exec:console_main',
+        ],
+        'zc.buildout': [
+            'default = slapos.recipe.isolatedtest:Recipe',
         ],
     },
 )

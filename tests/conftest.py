@@ -196,3 +196,47 @@ def reaper():
 def tmpfs_paths():
     from slapos.recipe.isolate_exec import PRIVATE_TMPFS
     return [path for path, _ in PRIVATE_TMPFS]
+
+
+# -- buildout -------------------------------------------------------------------
+
+BUILDOUT = {
+    'py3': '/var/tmp/isolatedtest-buildout/bin/buildout',  # zc.buildout 3.0.1
+    'py27': '/var/tmp/isolatedtest-py27/bin/buildout',     # zc.buildout 2.13.8
+}
+FIND_LINKS = '/var/tmp/isolatedtest-dist'
+PROJECT_FILES = ('setup.py', 'pyproject.toml', 'README.md', 'CHANGES.txt', 'slapos')
+
+
+@pytest.fixture(scope='session')
+def src(scratch_root):
+    """A world-readable copy of the project, for buildout's develop option
+    (as SlapOS's [slapos-cookbook-develop]); the wrappers import from it."""
+    path = os.path.join(scratch_root, 'src')
+    os.makedirs(path)
+    for name in PROJECT_FILES:
+        source = os.path.join(CHECKOUT, name)
+        if os.path.isdir(source):
+            shutil.copytree(source, os.path.join(path, name),
+                            ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+        else:
+            shutil.copy(source, path)
+    subprocess.check_call(['chmod', '-R', 'a+rX', path])
+    return path
+
+
+def write(path, text):
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def buildout(directory, config, python='py3', args=()):
+    """Write directory/buildout.cfg and run buildout there. -> Result"""
+    if not os.path.exists(directory):
+        os.makedirs(directory)
+    write(os.path.join(directory, 'buildout.cfg'), config)
+    start = time.time()
+    proc = subprocess.Popen([BUILDOUT[python], '-c', 'buildout.cfg'] + list(args),
+                            cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    return Result(proc, out, err, time.time() - start)

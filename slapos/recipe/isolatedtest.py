@@ -1,0 +1,191 @@
+# -*- coding: utf-8 -*-
+# Copyright (C) 2026 slapos.recipe.isolatedtest contributors
+#
+# This program is free software: you can redistribute it and/or modify it
+# under the terms of the GNU General Public License version 3, or (at your
+# option) any later version, as published by the Free Software Foundation.
+"""zc.buildout recipes generating isolated test runners (see README).
+
+The recipes only read and check options and write thin wrapper scripts: all
+behaviour lives in slapos.recipe.isolate_exec, which the wrappers call with
+literal arguments.
+"""
+import logging
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+
+import zc.buildout
+import zc.buildout.easy_install
+
+from slapos.recipe import isolate_exec
+
+DIST = 'slapos.recipe.isolatedtest'
+
+
+def _split_lines(value):
+    return [line.strip() for line in (value or '').splitlines() if line.strip()]
+
+
+class BaseRecipe(object):
+    """Options shared by the wrapper and the suite recipes; each is read and
+    checked once, here, and bad input raises UserError naming the option.
+
+    :param str wrapper-path: absolute path of the script to write (required)
+    :param lines environment: ``KEY = VALUE`` lines added to the environment
+    :param lines private-tmpfs: ``<size> <path>`` lines (the syntax of
+        slapos.cookbook's wrapper); /tmp and /dev/shm are always private, a
+        line for one of them sets its size, other paths get their own tmpfs
+    :param str userns: auto (default), require or off, as isolate-exec --userns
+    :param bool strict: true or false (default): exit non-zero on leaks
+    :param float kill-timeout: seconds between SIGTERM and SIGKILL for leaked
+        processes (default 5)
+    :param str leak-report: absolute path of the JSON report to write
+    :param str python: interpreter of the wrapper (default: buildout's own)
+    """
+
+    def __init__(self, buildout, name, options):
+        self.buildout, self.name, self.options = buildout, name, options
+        self.logger = logging.getLogger(name)
+        self.wrapper_path = self._absolute_path('wrapper-path', required=True)
+        self.environment = self._environment()
+        self.tmpfs = self._private_tmpfs()
+        self.userns = self._choice('userns', ('auto', 'require', 'off'), 'auto')
+        self.strict = self._choice('strict', ('false', 'true'), 'false') == 'true'
+        self.kill_timeout = self._kill_timeout()
+        self.leak_report = self._absolute_path('leak-report')
+        self.python = self._absolute_path('python') or sys.executable
+
+    def _error(self, option, message):
+        return zc.buildout.UserError('%s: %s' % (option, message))
+
+    def _absolute_path(self, option, required=False):
+        value = self.options.get(option, '').strip()
+        if not value:
+            if required:
+                raise self._error(option, 'missing (required)')
+            return None
+        if not os.path.isabs(value):
+            raise self._error(option, 'path %r must be absolute' % value)
+        return os.path.normpath(value)
+
+    def _environment(self):
+        environment = {}
+        for line in _split_lines(self.options.get('environment')):
+            key, eq, value = line.partition('=')
+            key = key.strip()
+            if not eq or not key or any(c in key for c in ' \t\0'):
+                raise self._error('environment', 'invalid line %r (expected KEY = VALUE)' % line)
+            environment[key] = value.strip()
+        return environment
+
+    def _private_tmpfs(self):
+        specs = []
+        for line in _split_lines(self.options.get('private-tmpfs')):
+            try:
+                size, path = line.split(None, 1)
+            except ValueError:
+                raise self._error('private-tmpfs', 'failed to split %r into size and path' % line)
+            if not isolate_exec.TMPFS_OPTIONS['size'](size):
+                raise self._error('private-tmpfs', 'invalid size %r' % size)
+            specs.append((path, 'size=' + size))
+        try:
+            isolate_exec.make_tmpfs_table(specs, 'private-tmpfs')
+        except isolate_exec.UsageError as e:
+            raise zc.buildout.UserError(str(e))
+        return specs
+
+    def _choice(self, option, choices, default):
+        value = self.options.get(option, default).strip()
+        if value not in choices:
+            raise self._error(option, 'invalid value %r (%s)' % (value, ' or '.join(choices)))
+        return value
+
+    def _kill_timeout(self):
+        value = self.options.get('kill-timeout', '5').strip()
+        try:
+            return isolate_exec.check_kill_timeout(value, 'kill-timeout')
+        except isolate_exec.UsageError as e:
+            raise zc.buildout.UserError(str(e))
+
+    def _command_line(self, option, value):
+        try:
+            argv = shlex.split(value)
+        except ValueError as e:
+            raise self._error(option, 'cannot split %r: %s' % (value, e))
+        if not argv:
+            raise self._error(option, 'missing (required)')
+        return argv
+
+    def write_wrapper(self, function, *args):
+        """Write wrapper-path: a script that calls isolate_exec's function with
+        literal arguments, with sys.path holding exactly the eggs it needs
+        (zc.buildout's working set and script template). It is rewritten only
+        if its content changed. -> [path]"""
+        directory, name = os.path.split(self.wrapper_path)
+        if not os.path.isdir(directory):
+            raise self._error('wrapper-path', 'directory %s does not exist' % directory)
+        if not os.path.exists(self.python):
+            raise self._error('python', '%s does not exist' % self.python)
+        text = self._script_text(name, function, args)
+        try:
+            with open(self.wrapper_path) as f:
+                changed = f.read() != text
+        except IOError:
+            changed = True
+        if changed:
+            tmp = self.wrapper_path + '.tmp'
+            with open(tmp, 'w') as f:
+                f.write(text)
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, self.wrapper_path)
+            self.logger.info('Generated script %r.', self.wrapper_path)
+        return [self.wrapper_path]
+
+    def _script_text(self, name, function, args):
+        # zc.buildout writes scripts for its own interpreter only (it asserts
+        # so): let it write one in a scratch directory, then set the shebang.
+        options = self.buildout['buildout']
+        working_set = zc.buildout.easy_install.working_set(
+            [DIST], sys.executable,
+            [options['develop-eggs-directory'], options['eggs-directory']])
+        arguments = ''.join('\n        %r,' % (a,) for a in args)
+        scratch = tempfile.mkdtemp(prefix='isolatedtest-')
+        buildout_logger = logging.getLogger('zc.buildout.easy_install')
+        level = buildout_logger.level
+        buildout_logger.setLevel(logging.WARNING)  # no "Generated" line for the scratch copy
+        try:
+            path, = zc.buildout.easy_install.scripts(
+                [(name, 'slapos.recipe.isolate_exec', function)], working_set,
+                sys.executable, scratch, arguments=arguments,
+                initialization='# Kept minimal: all behaviour lives in slapos.recipe.isolate_exec.')
+            with open(path) as f:
+                text = f.read()
+        finally:
+            buildout_logger.setLevel(level)
+            shutil.rmtree(scratch)
+        return '#!%s\n%s' % (self.python, text.split('\n', 1)[1])
+
+    def install(self):
+        return self.write_wrapper(*self.wrapper_arguments())
+
+    update = install
+
+
+class Recipe(BaseRecipe):
+    """Write wrapper-path, a script running command-line isolated: private
+    /tmp and /dev/shm, leak report (slapos.recipe.isolate_exec.run_wrapper).
+
+    :param str command-line: the command, shell-split; the wrapper's own
+        arguments are appended (required)
+    """ + BaseRecipe.__doc__.split('\n', 2)[2]
+
+    def __init__(self, buildout, name, options):
+        BaseRecipe.__init__(self, buildout, name, options)
+        self.command = self._command_line('command-line', options.get('command-line', ''))
+
+    def wrapper_arguments(self):
+        return ('run_wrapper', self.command, self.environment, self.tmpfs, self.userns,
+                self.strict, self.kill_timeout, self.leak_report)
