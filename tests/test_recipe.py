@@ -87,6 +87,9 @@ def test_wrapper_is_thin(installed, src):
     assert 'import slapos.recipe.isolate_exec' in lines
     assert 'sys.exit(slapos.recipe.isolate_exec.run_wrapper(' in text
     assert 'pkg_resources' not in text
+    # the runtime was byte-compiled for the wrapper's interpreter at install
+    assert [n for n in os.listdir(src + '/slapos/recipe/__pycache__')
+            if n.startswith('isolate_exec.cpython-')]
     assert oct(os.stat(installed + '/bin/runUnitTest').st_mode & 0o777) == '0o755'
 
 
@@ -125,6 +128,7 @@ def test_rerun_keeps_unchanged_wrapper_and_regenerates_changed(installed, src):
     ('leak-report = report.json', "leak-report: path 'report.json' must be absolute"),
     ('python = python3', "python: path 'python3' must be absolute"),
     ('python = /nonexistent/python', 'python: /nonexistent/python does not exist'),
+    ('python = /bin/false', 'python: /bin/false cannot import slapos.recipe.isolate_exec: exit status 1'),
 ])
 def test_bad_option_stops_buildout(extra, message, scratch, src):
     r = buildout(scratch, config(scratch, src, extra))
