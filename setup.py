@@ -37,6 +37,7 @@ setup(
     install_requires=[],  # the runtime is standard library only
     extras_require={
         'test': ['pytest'],
+        'testnode': ['erp5.util'],  # runTestSuite --master_url
     },
     entry_points={
         'console_scripts': [
@@ -44,6 +45,7 @@ setup(
         ],
         'zc.buildout': [
             'default = slapos.recipe.isolatedtest:Recipe',
+            'suite = slapos.recipe.isolatedtest:Suite',
         ],
     },
 )

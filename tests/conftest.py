@@ -205,6 +205,7 @@ BUILDOUT = {
     'py27': '/var/tmp/isolatedtest-py27/bin/buildout',     # zc.buildout 2.13.8
 }
 FIND_LINKS = '/var/tmp/isolatedtest-dist'
+EGGS = '/var/tmp/isolatedtest-eggs'  # erp5.util, slapos.recipe.template...: .ci/setup
 PROJECT_FILES = ('setup.py', 'pyproject.toml', 'README.md', 'CHANGES.txt', 'slapos')
 
 

@@ -12,6 +12,7 @@ literal arguments.
 """
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -130,10 +131,16 @@ class BaseRecipe(object):
             raise self._error('wrapper-path', 'directory %s does not exist' % directory)
         if not os.path.exists(self.python):
             raise self._error('python', '%s does not exist' % self.python)
-        working_set = zc.buildout.easy_install.working_set(
-            [DIST], sys.executable, [self.buildout['buildout']['develop-eggs-directory'],
-                                     self.buildout['buildout']['eggs-directory']])
-        self._import_runtime([dist.location for dist in working_set])
+        # as zc.recipe.egg: eggs-directory as destination (zc.buildout 3 finds
+        # its pip-made eggs there only), installing what is missing if online
+        options = self.buildout['buildout']
+        working_set = zc.buildout.easy_install.install(
+            [self.requirement], options['eggs-directory'],
+            links=options.get('find-links', '').split(), index=options.get('index'),
+            path=[options['develop-eggs-directory']],
+            newest=options.get('newest') == 'true',
+            allow_hosts=tuple(options.get('allow-hosts', '*').split()))
+        self._import_runtime([dist.location for dist in working_set], self.module)
         text = self._script_text(name, function, args, working_set)
         try:
             with open(self.wrapper_path) as f:
@@ -149,7 +156,7 @@ class BaseRecipe(object):
             self.logger.info('Generated script %r.', self.wrapper_path)
         return [self.wrapper_path]
 
-    def _import_runtime(self, path):
+    def _import_runtime(self, path, module):
         """Import the runtime once with the wrapper's interpreter: this checks
         that it can, and writes its byte-code, which the test user may not be
         allowed to write later (a develop egg is not byte-compiled, and the
@@ -158,15 +165,14 @@ class BaseRecipe(object):
         env = dict(os.environ)
         env.pop('PYTHONDONTWRITEBYTECODE', None)
         proc = subprocess.Popen(
-            [self.python, '-c', 'import sys; sys.path[0:0] = %r; '
-             'import slapos.recipe.isolate_exec' % (path,)],
+            [self.python, '-c', 'import sys; sys.path[0:0] = %r; import %s' % (path, module)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         _, err = proc.communicate()
         if proc.returncode:
             reason = (err.decode('utf-8', 'replace').strip().splitlines() or ['exit status %d'
                       % proc.returncode])[-1]
-            raise self._error('python', '%s cannot import slapos.recipe.isolate_exec: %s'
-                              % (self.python, reason))
+            raise self._error('python', '%s cannot import %s: %s'
+                              % (self.python, module, reason))
 
     def _script_text(self, name, function, args, working_set):
         # zc.buildout writes scripts for its own interpreter only (it asserts
@@ -178,9 +184,9 @@ class BaseRecipe(object):
         buildout_logger.setLevel(logging.WARNING)  # no "Generated" line for the scratch copy
         try:
             path, = zc.buildout.easy_install.scripts(
-                [(name, 'slapos.recipe.isolate_exec', function)], working_set,
+                [(name, self.module, function)], working_set,
                 sys.executable, scratch, arguments=arguments,
-                initialization='# Kept minimal: all behaviour lives in slapos.recipe.isolate_exec.')
+                initialization='# Kept minimal: all behaviour lives in %s.' % self.module)
             with open(path) as f:
                 text = f.read()
         finally:
@@ -202,6 +208,9 @@ class Recipe(BaseRecipe):
         arguments are appended (required)
     """ + BaseRecipe.__doc__.split('\n', 2)[2]
 
+    requirement = DIST
+    module = 'slapos.recipe.isolate_exec'
+
     def __init__(self, buildout, name, options):
         BaseRecipe.__init__(self, buildout, name, options)
         self.command = self._command_line('command-line', options.get('command-line', ''))
@@ -209,3 +218,41 @@ class Recipe(BaseRecipe):
     def wrapper_arguments(self):
         return ('run_wrapper', self.command, self.environment, self.tmpfs, self.userns,
                 self.strict, self.kill_timeout, self.leak_report)
+
+
+class Suite(BaseRecipe):
+    """Write wrapper-path, a runTestSuite that runs each test case in its own
+    isolated environment and speaks the ERP5 test node's protocol
+    (slapos.recipe.isolated_suite.run_suite; erp5.util comes with it).
+
+    :param lines test-cases: ``NAME COMMAND-LINE`` lines, run in this order;
+        names are unique words (letters, digits, ``_ . -``) (required)
+    """ + BaseRecipe.__doc__.split('\n', 2)[2].replace(
+        '    :param str leak-report: absolute path of the JSON report to write\n', '')
+
+    requirement = DIST + '[testnode]'
+    module = 'slapos.recipe.isolated_suite'
+    _name = re.compile(r'^[\w][\w.-]*$')
+
+    def __init__(self, buildout, name, options):
+        BaseRecipe.__init__(self, buildout, name, options)
+        if self.leak_report:
+            raise self._error('leak-report', 'not an option of the suite recipe (each '
+                              'case has its own report: see --log_directory)')
+        self.cases = []
+        for line in _split_lines(options.get('test-cases')):
+            case, _, command_line = line.partition(' ')
+            if not self._name.match(case):
+                raise self._error('test-cases', 'invalid name %r (a word: letters, digits, '
+                                  '_ . -)' % case)
+            if case in dict(self.cases):
+                raise self._error('test-cases', 'name %r given twice' % case)
+            if not command_line.strip():
+                raise self._error('test-cases', 'no command line for %r' % case)
+            self.cases.append((case, self._command_line('test-cases', command_line)))
+        if not self.cases:
+            raise self._error('test-cases', 'missing (required)')
+
+    def wrapper_arguments(self):
+        return ('run_suite', self.cases, self.environment, self.tmpfs, self.userns,
+                self.strict, self.kill_timeout)

@@ -1,0 +1,300 @@
+"""The suite runner (issue: slapos.recipe.isolatedtest:suite), built with a
+real offline buildout and run for real, as root and as nobody, locally and
+against a local XML-RPC master played by the test, the client being the real
+erp5.util."""
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+try:
+    from xmlrpc.server import SimpleXMLRPCServer
+except ImportError:  # pragma: no cover
+    from SimpleXMLRPCServer import SimpleXMLRPCServer
+
+from conftest import AS_NOBODY, CALLERS, EGGS, PYTHON, Result, buildout, wait_for
+
+SUITE = '''
+[buildout]
+parts = runTestSuite
+offline = true
+develop = {src}
+eggs-directory = {eggs}
+develop-eggs-directory = {dir}/develop-eggs
+
+[runTestSuite]
+recipe = slapos.recipe.isolatedtest:suite
+wrapper-path = ${{buildout:directory}}/bin/runTestSuite
+private-tmpfs =
+  4m /tmp
+{extra}
+test-cases =
+{cases}
+'''
+
+PYTEST_OUTPUT = ('import sys; print("collected 5 items"); '
+                 'print("==== 1 failed, 3 passed, 1 skipped in 0.05s ===="); sys.exit(1)')
+UNITTEST_OUTPUT = ('import sys; sys.stderr.write("..E\\n----\\nRan 3 tests in 0.010s\\n\\n'
+                   'FAILED (errors=1)\\n"); sys.exit(1)')
+CASES = [
+    ('write', "sh -c 'echo one > /tmp/same; echo one > /dev/shm/same'"),
+    ('check', "sh -c 'test ! -e /tmp/same && test ! -e /dev/shm/same && echo clean'"),
+    ('leak', "sh -c 'touch /tmp/leaked-by-this-case'"),
+    ('pytest-like', "%s -c '%s'" % (PYTHON, PYTEST_OUTPUT)),
+    ('unittest-like', "%s -c '%s'" % (PYTHON, UNITTEST_OUTPUT)),
+    ('broken', "sh -c 'echo oops >&2; exit 5'"),
+]
+
+
+def make_suite(directory, src, cases=CASES, extra=''):
+    config = SUITE.format(src=src, eggs=EGGS, dir=directory, extra=extra, cases='\n'.join(
+        '  %s %s' % case for case in cases))
+    r = buildout(directory, config)
+    assert r.returncode == 0, r
+    return os.path.join(directory, 'bin', 'runTestSuite')
+
+
+def run_suite(runner, args=(), caller='root', env=None):
+    prefix = AS_NOBODY if caller == 'nobody' else []
+    proc = subprocess.Popen(prefix + [runner] + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, cwd='/', env=env)
+    out, _ = proc.communicate(timeout=300)
+    return Result(proc, out, b'', 0)
+
+
+def case_output(text, name):
+    """The lines of one case: from '>>> name' to its status line."""
+    lines = text.splitlines()
+    start = lines.index('>>> ' + name)
+    for i in range(start, len(lines)):
+        if re.match(r'^(ok|fail|error)\t%s\t' % re.escape(name), lines[i]):
+            return lines[start:i + 1]
+    raise AssertionError('no status line for %s' % name)
+
+
+@pytest.fixture(scope='module')
+def runner(src, scratch_root):
+    return make_suite(os.path.join(scratch_root, 'suite'), src)
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_local_run(caller, runner):
+    r = run_suite(runner, caller=caller)
+    text = r.stdout
+    head = text.splitlines()[:5]
+    assert [l.split('\t')[0] for l in head] == ['date:', 'xnode:', 'uname:', 'cpu:', '# local mode']
+    assert head[1].startswith('xnode:\t%s@' % caller)
+    assert case_output(text, 'write')[1] == "$ sh -c 'echo one > /tmp/same; echo one > /dev/shm/same'"
+    # each case has its own /tmp and /dev/shm
+    assert case_output(text, 'check')[2:] == ['clean', 'ok\tcheck\t' + case_output(
+        text, 'check')[-1].split('\t', 2)[2]]
+    # a leak is reported within its case, before its status line
+    leak = case_output(text, 'leak')
+    assert leak[2] == '# leaked /tmp/leaked-by-this-case'
+    assert re.match(r'^ok\tleak\t\d+\.\d{3}s\t# 1t 0e 0f 0s$', leak[-1])
+    assert case_output(text, 'pytest-like')[-1].endswith('\t# 5t 0e 1f 1s')
+    assert case_output(text, 'pytest-like')[-1].startswith('fail\t')
+    assert case_output(text, 'unittest-like')[-1].endswith('\t# 3t 1e 0f 0s')
+    assert case_output(text, 'broken')[2:] == ['oops', case_output(text, 'broken')[-1]]
+    assert case_output(text, 'broken')[-1].startswith('error\tbroken\t')
+    assert text.endswith('\n# ran 6 test cases: 3\u00b7ok 1\u00b7fail 2\u00b7error\n')
+    assert r.returncode == 1
+    assert not os.path.exists('/tmp/same') and not os.path.exists('/tmp/leaked-by-this-case')
+
+
+def test_list_and_run_filter(runner):
+    r = run_suite(runner, ['-l'])
+    assert (r.returncode, r.stdout) == (0, ''.join(name + '\n' for name, _ in CASES))
+    r = run_suite(runner, ['-k', '^(write|check)$'], caller='nobody')
+    assert r.returncode == 0, r
+    assert re.findall(r'^>>> (.*)$', r.stdout, re.M) == ['write', 'check']
+    assert r.stdout.endswith('# ran 2 test cases: 2\u00b7ok 0\u00b7fail 0\u00b7error\n')
+    r = run_suite(runner, ['-k', '('])
+    assert r.returncode == 2 and r.stdout.count('\n') == 1
+    assert r.stdout.startswith("runTestSuite: error: -k/--run '(': ")
+
+
+def test_help_lists_the_testnode_options(runner):
+    r = run_suite(runner, ['--help'])
+    assert r.returncode == 0
+    # what the ERP5 test node looks for (erp5.util testnode ProcessManager)
+    advertised = re.findall(r'^  (--\w+)', r.stdout, re.M)
+    assert set(advertised) >= set([
+        '--master_url', '--revision', '--test_node_title', '--test_suite', '--test_suite_title',
+        '--project_title', '--node_quantity', '--frontend_url', '--firefox_bin', '--xvfb_bin',
+        '--shared_part_list', '--log_directory'])
+    r = run_suite(runner, ['--bogus'])
+    assert (r.returncode, r.stdout) == (2, 'runTestSuite: error: unrecognized arguments: --bogus\n')
+
+
+class Master(object):
+    """A test node master (ERP5's portal_task_distribution), in memory."""
+
+    def __init__(self, cancel_after=None):
+        self.calls = []
+        self.stopped = {}
+        self.todo = []
+        self.alive = True
+        self.cancel_after = cancel_after
+        self.server = SimpleXMLRPCServer(('127.0.0.1', 0), allow_none=True, logRequests=False)
+        self.server.register_instance(self)
+        self.url = 'http://127.0.0.1:%d/' % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _dispatch(self, method, params):
+        self.calls.append(method)
+        return getattr(self, method)(*params)
+
+    def getProtocolRevision(self):
+        return 1
+
+    def createTestResult(self, name, revision, test_name_list, allow_restart, test_title,
+                         node_title, project_title):
+        self.created = dict(revision=revision, names=test_name_list, test_title=test_title,
+                            node_title=node_title, project_title=project_title)
+        self.todo = list(test_name_list)
+        return ['test_result_module/1', revision]
+
+    def startUnitTest(self, test_result_path, exclude_list, node_title):
+        if self.todo and self.alive:
+            name = self.todo.pop(0)
+            return ['test_result_module/1/%s' % name, name]
+        return None
+
+    def stopUnitTest(self, line_path, status, node_title):
+        self.stopped[line_path.rsplit('/', 1)[1]] = dict(
+            (k, getattr(v, 'data', v)) for k, v in status.items())
+        if self.cancel_after is not None and len(self.stopped) >= self.cancel_after:
+            self.alive = False
+
+    def isTaskAlive(self, test_result_path):
+        return int(self.alive)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_master_run(caller, runner):
+    master = Master()
+    try:
+        r = run_suite(runner, ['--master_url', master.url, '--revision', 'r1=abc',
+                               '--test_node_title', 'node-1', '--test_suite', 'SUITE',
+                               '--test_suite_title', 'Suite title', '--project_title', 'P',
+                               '--node_quantity', '1'], caller)
+    finally:
+        master.stop()
+    assert r.returncode == 0, r
+    assert '# running for test_result_module/1\n' in r.stdout
+    assert master.created == dict(revision='r1=abc', names=[n for n, _ in CASES],
+                                  test_title='Suite title', node_title='node-1', project_title='P')
+    assert sorted(master.stopped) == sorted(n for n, _ in CASES)
+    leak = master.stopped['leak']
+    assert (leak['test_count'], leak['error_count'], leak['failure_count']) == (1, 0, 0)
+    assert leak['command'] == b"sh -c 'touch /tmp/leaked-by-this-case'"
+    assert leak['stderr'] == b'# leaked /tmp/leaked-by-this-case\n'
+    assert re.match(br'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d$', leak['date'])
+    assert 0 < leak['duration'] < 60
+    assert master.stopped['pytest-like']['failure_count'] == 1
+    assert master.stopped['broken']['error_count'] == 1
+    assert master.stopped['broken']['stderr'] == b'oops\n'
+    assert master.stopped['check']['stdout'] == b'clean\n'
+
+
+def test_master_cancels_the_run(runner):
+    master = Master(cancel_after=2)
+    try:
+        r = run_suite(runner, ['--master_url', master.url, '--revision', 'r',
+                               '--test_node_title', 'n', '--test_suite', 'S',
+                               '--test_suite_title', 'S'])
+    finally:
+        master.stop()
+    assert r.returncode == 0, r
+    assert sorted(master.stopped) == ['check', 'write']
+    assert '# master asks to cancel test run\n' in r.stdout
+    assert r.stdout.endswith(
+        '# ran 2 test cases: 2\u00b7ok 0\u00b7fail 0\u00b7error (run cancelled: by the master)\n')
+
+
+def test_master_cancels_during_a_case(scratch, src):
+    runner = make_suite(scratch, src, [('long', 'sleep 60'), ('next', 'true')])
+    master = Master()
+    env = dict(os.environ, RUNTESTSUITE_MASTER_POLL_INTERVAL='0.2')
+    proc = subprocess.Popen([runner, '--master_url', master.url, '--test_node_title', 'n',
+                             '--test_suite', 'S', '--test_suite_title', 'S'],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: 'startUnitTest' in master.calls, what='the first case')
+        t0 = time.time()
+        master.alive = False
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        master.stop()
+    assert time.time() - t0 < 10
+    assert proc.returncode == 0
+    assert list(master.stopped) == ['long']
+    assert master.stopped['long']['error_count'] == 1  # terminated: sleep died of SIGTERM
+    assert b'# master asks to cancel test run\n' in out
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_signal_cancels_the_run(signum, scratch, src):
+    ready = os.path.join(scratch, 'ready')
+    runner = make_suite(scratch, src, [
+        ('first', 'true'),
+        ('long', "sh -c 'touch /tmp/leak %s; trap \"echo interrupted; exit 9\" INT TERM; "
+                 "while :; do sleep 0.05; done'" % ready),
+        ('never', 'true')])
+    proc = subprocess.Popen([runner], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(lambda: os.path.exists(ready), what='the long case')
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=60)
+    text = out.decode()
+    assert proc.returncode == 1
+    long = case_output(text, 'long')
+    assert long[2:] == ['interrupted', '# leaked /tmp/leak', long[-1]]
+    assert long[-1].startswith('error\tlong\t')
+    assert '>>> never' not in text
+    assert text.endswith('# ran 2 test cases: 1\u00b7ok 0\u00b7fail 1\u00b7error (run cancelled: %s)\n'
+                         % {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}[signum])
+
+
+def test_strict_makes_a_leak_an_error(scratch, src):
+    runner = make_suite(scratch, src, [('leak', "sh -c 'touch /tmp/x'"), ('clean', 'true')],
+                        extra='strict = true')
+    r = run_suite(runner, caller='nobody')
+    assert r.returncode == 1
+    assert case_output(r.stdout, 'leak')[-1].startswith('error\tleak\t')
+    assert case_output(r.stdout, 'clean')[-1].startswith('ok\tclean\t')
+
+
+def test_log_directory_keeps_each_leak_report(scratch, runner):
+    os.chmod(scratch, 0o777)
+    r = run_suite(runner, ['-k', 'leak', '--log_directory', scratch], caller='nobody')
+    import json
+    with open(os.path.join(scratch, 'leak.leaks.json')) as f:
+        assert json.load(f)['leaked_files'] == ['/tmp/leaked-by-this-case']
+
+
+@pytest.mark.parametrize('cases, message', [
+    ('', 'test-cases: missing (required)'),
+    ('  a/b true', "test-cases: invalid name 'a/b' (a word: letters, digits, _ . -)"),
+    ('  a true\n  a false', "test-cases: name 'a' given twice"),
+    ('  lonely', "test-cases: no command line for 'lonely'"),
+    ("  q sh -c 'unbalanced", "test-cases: cannot split \"sh -c 'unbalanced\": No closing quotation"),
+])
+def test_bad_test_cases_stop_buildout(cases, message, scratch, src):
+    config = SUITE.format(src=src, eggs=EGGS, dir=scratch, extra='', cases=cases)
+    r = buildout(scratch, config)
+    assert r.returncode != 0
+    output = r.stdout + r.stderr
+    assert 'Error: %s\n' % message in output, output
+    assert 'Traceback' not in output
+    assert not os.path.exists(os.path.join(scratch, 'bin', 'runTestSuite'))
