@@ -47,5 +47,8 @@ setup(
             'default = slapos.recipe.isolatedtest:Recipe',
             'suite = slapos.recipe.isolatedtest:Suite',
         ],
+        'zc.buildout.extension': [
+            'profile_base_location = slapos.recipe.isolatedtest:profile_base_location',
+        ],
     },
 )

@@ -256,3 +256,23 @@ class Suite(BaseRecipe):
     def wrapper_arguments(self):
         return ('run_suite', self.cases, self.environment, self.tmpfs, self.userns,
                 self.strict, self.kill_timeout)
+
+
+def profile_base_location(buildout):
+    """zc.buildout extension (``extensions = slapos.recipe.isolatedtest``):
+    give every section ``${:_profile_base_location_}``, the directory (or URL)
+    of the profile that defines it, as SlapOS's zc.buildout does, so that a
+    software release profile finds the files next to it (``url =
+    ${:_profile_base_location_}/instance.cfg.in``) with upstream zc.buildout
+    too. Where the option exists already (SlapOS's zc.buildout), nothing is
+    changed. It reads what ``buildout annotate`` shows: the file each option
+    comes from (zc.buildout 2 and 3)."""
+    raw = getattr(buildout, '_raw', {})
+    for name, section in getattr(buildout, '_annotated', {}).items():
+        if name not in raw or '_profile_base_location_' in raw[name]:
+            continue
+        for key in section.values():
+            source = getattr(key, 'source', '')
+            if os.path.isabs(source) or '://' in source:
+                raw[name]['_profile_base_location_'] = source.rsplit('/', 1)[0]
+                break
