@@ -739,14 +739,15 @@ def give_terminal_to(pgrp):
 
 
 def spawn_command(argv, env, foreground):
-    """Start argv in its own process group, with default signal dispositions.
-    With foreground, the group also gets the terminal, so that Ctrl-C reaches
-    the command once instead of every process of the chain. -> pid"""
+    """Start argv with default signal dispositions. With foreground, it gets a
+    process group of its own and the terminal, so that Ctrl-C reaches it once
+    instead of every process of the chain; otherwise it stays in our group,
+    not leading one, so that it may call setsid() itself. -> pid"""
     # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec.
     sigdef = (signal.SIGPIPE, signal.SIGXFSZ)
     spawn = getattr(os, 'posix_spawnp', None)  # Python 3.8+
     if spawn is not None and not foreground:
-        return spawn(argv[0], argv, env, setpgroup=0, setsigdef=sigdef)
+        return spawn(argv[0], argv, env, setsigdef=sigdef)
     err_r, err_w = os.pipe()
     for fd in (err_r, err_w):  # Python 2's pipes are inheritable
         _set_cloexec(fd)
@@ -754,8 +755,8 @@ def spawn_command(argv, env, foreground):
     if pid == 0:
         try:
             os.close(err_r)
-            os.setpgid(0, 0)
             if foreground:
+                os.setpgid(0, 0)
                 give_terminal_to(os.getpid())
             for signum in sigdef:
                 signal.signal(signum, signal.SIG_DFL)
@@ -765,10 +766,11 @@ def spawn_command(argv, env, foreground):
         finally:
             os._exit(EXIT_NOT_FOUND)
     os.close(err_w)
-    try:
-        os.setpgid(pid, pid)  # also here, so the group exists when we return
-    except OSError:
-        pass
+    if foreground:
+        try:
+            os.setpgid(pid, pid)  # also here, so the group exists when we return
+        except OSError:
+            pass
     try:
         err = _read_all(err_r)
     finally:
@@ -1142,6 +1144,9 @@ def supervise(run, lifeline):
     result = {}
     try:
         set_parent_death_signal(lifeline)
+        # Out of our caller's process group: signals sent to that group (a
+        # terminal's Ctrl-C) reach isolate-exec, which forwards them once.
+        os.setpgid(0, 0)
         result = setup_isolation(run)
         if 'roots' in result and run.command is not None:
             result.update(run_and_check(run, result.pop('roots'), result.pop('mounts')))
