@@ -1,0 +1,303 @@
+"""The fault matrix (issue: the run survives bad tests, bad input and hard
+kills, and nothing leaks to the host): one test per row, run for real, as root
+and as nobody, isolated and in the real no-userns sandbox where it applies.
+The README's "Fault matrix" lists the rows and these tests."""
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import (CALLERS, ISOLATE_EXEC, NO_USERNS_REASON, PYTHON, command_line,
+                      host_mounts, pid_alive, run, start, wait_for)
+
+MODES = ('isolated', 'fallback')
+
+
+def sh(script):
+    return ['--', 'sh', '-c', script]
+
+
+def host_pids_of(pidfile_pids, parent):
+    """Host pids of the processes below parent (the run's pids differ)."""
+    out = subprocess.check_output(['ps', '-e', '-o', 'pid=,ppid='])
+    children = {}
+    for line in out.split(b'\n'):
+        if line.strip():
+            pid, ppid = map(int, line.split())
+            children.setdefault(ppid, []).append(pid)
+    found, todo = [], [parent]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, ()))
+    return found
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('caller', CALLERS)
+@pytest.mark.parametrize('signame, code', [('KILL', 137), ('SEGV', 139)])
+def test_test_dies_of_a_signal(signame, code, caller, mode):
+    r = run(sh('echo x > ${TMPDIR:-/tmp}/left; kill -%s $$' % signame), caller=caller,
+            sandbox=mode == 'fallback')
+    assert r.returncode == code, r
+    assert [l for l in r.report if l.startswith('# leaked ')][0].endswith('/left')
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_isolate_exec_gets_sigkill(caller, scratch):
+    """Every process of the run dies within a second; nothing stays mounted."""
+    ready = os.path.join(scratch, 'ready')
+    before = host_mounts()
+    p = start(sh('mount -t tmpfs x /dev/shm; (setsid sleep 1000 &); sleep 1000 & '
+                 'touch %s; wait' % ready), caller=caller)
+    wait_for(lambda: os.path.exists(ready), what='ready file')
+    run_pids = host_pids_of(None, p.pid)[1:]
+    assert len(run_pids) >= 3  # supervisor, sh, sleeps
+    p.kill()
+    p.wait()
+    wait_for(lambda: not [pid for pid in run_pids if pid_alive(pid)], timeout=1,
+             what='the run to die')
+    assert host_mounts() == before
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('caller', CALLERS)
+def test_daemon_keeping_stdout_open_does_not_hang_the_run(caller, mode):
+    t0 = time.time()
+    r = run(sh('(setsid sleep 1000 &); echo done'), caller=caller, sandbox=mode == 'fallback',
+            timeout=30)  # run() reads stdout and stderr to EOF
+    assert r.returncode == 0 and r.stdout == 'done\n'
+    assert time.time() - t0 < 10
+    assert [l for l in r.report if l.startswith('# leaked pid=')]
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_daemon_ignoring_sigterm_is_killed_after_kill_timeout(mode, scratch):
+    t0 = time.time()
+    r = run(['--kill-timeout', '0.5', '--', PYTHON, '-c',
+             'import os, signal, time\n'
+             'if os.fork() == 0:\n'
+             '    os.setsid(); signal.signal(signal.SIGTERM, signal.SIG_IGN)\n'
+             '    open(%r, "w").close(); time.sleep(1000)\n'
+             'while not os.path.exists(%r): time.sleep(0.01)\n'
+             % (scratch + '/up', scratch + '/up')],
+            caller='nobody', sandbox=mode == 'fallback')
+    assert r.returncode == 0, r
+    assert 0.5 <= time.time() - t0 < 10
+    assert [l for l in r.report if l.startswith('# killed pid=')]
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('caller', CALLERS)
+def test_200_leaked_processes(caller, mode, scratch):
+    """setsid and double-forked daemons, all reported and killed."""
+    count = os.path.join(scratch, 'count')
+    r = run(['--', PYTHON, '-c',
+             'import os, time\n'
+             'for i in range(200):\n'
+             '    if os.fork() == 0:\n'
+             '        os.setsid()\n'
+             '        if i %% 2 or os.fork() == 0:\n'
+             '            open("%s.%%d" %% i, "w").close()\n'
+             '            os.execvp("sleep", ["sleep", "1000"])\n'
+             '        os._exit(0)\n'
+             'while len([n for n in os.listdir(%r) if n.startswith("count.")]) < 200:\n'
+             '    time.sleep(0.01)\n'
+             'time.sleep(0.3)\n' % (count, scratch)],
+            caller=caller, sandbox=mode == 'fallback', timeout=120)
+    assert r.returncode == 0, r
+    leaked = [l for l in r.report if l.startswith('# leaked pid=')]
+    assert len(leaked) == 200, r.report[:5]
+    assert all(l.endswith("'sleep' ['sleep', '1000']") for l in leaked)
+    assert subprocess.call(['pgrep', '-f', '^sleep 1000$']) == 1  # none left
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_test_fills_its_tmpfs(caller):
+    df_before = os.statvfs('/tmp')
+    r = run(['--tmpfs', '/tmp:size=4m'] +
+            sh('dd if=/dev/zero of=/tmp/big bs=1M count=64 2>&1; echo rc=$?; df -k /tmp'),
+            caller=caller)
+    assert r.returncode == 0, r
+    assert 'No space left on device' in r.stdout and 'rc=1' in r.stdout
+    assert r.stdout.splitlines()[-1].split()[1:4] == ['4096', '4096', '0']  # full: 4 MiB
+    assert not os.path.exists('/tmp/big')
+    # the host's /tmp did not get the 64 MiB (other activity aside)
+    assert abs(os.statvfs('/tmp').f_bfree - df_before.f_bfree) * df_before.f_frsize < (32 << 20)
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_100k_leaked_files(caller, scratch):
+    r = run(['--report', scratch + '/r.json', '--', PYTHON, '-c',
+             'import os\n'
+             'for d in range(1000):\n'
+             '    os.mkdir("/tmp/d%03d" % d)\n'
+             '    for f in range(100):\n'
+             '        os.close(os.open("/tmp/d%03d/f%02d" % (d, f), os.O_CREAT | os.O_WRONLY))\n'],
+            caller=caller, timeout=120)
+    assert r.returncode == 0, r
+    lines = r.stderr.splitlines()
+    assert len(lines) == 101
+    assert lines[:3] == ['# leaked /tmp/d000/', '# leaked /tmp/d000/f00', '# leaked /tmp/d000/f01']
+    assert lines[-1] == '# ... and 100900 more leaked files (--report FILE lists them all)'
+    with open(scratch + '/r.json') as f:
+        report = json.load(f)
+    assert len(report['leaked_files']) == 101000
+    assert report['leaked_files'][-1] == '/tmp/d999/f99'
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('caller', CALLERS)
+def test_odd_names_unreadable_dirs_long_paths(caller, mode, scratch):
+    script = (
+        'import os\n'
+        'root = os.environ.get("TMPDIR") or "/tmp"\n'
+        'os.chdir(root)\n'
+        'os.mkdir("locked"); open("locked/inside", "w").close(); os.chmod("locked", 0)\n'
+        'open(b"new\\nline", "w").close()\n'
+        'open(b"bad-\\xff-utf8", "w").close()\n'
+        'open(b"back\\\\slash", "w").close()\n'
+        'open("caf\\u00e9", "w").close()\n'
+        'for i in range(40):\n'
+        '    os.mkdir("x" * 200); os.chdir("x" * 200)\n'
+        'open("deep", "w").close()\n')
+    r = run(['--report', scratch + '/r.json', '--', PYTHON, '-c', script], caller=caller,
+            sandbox=mode == 'fallback')
+    assert r.returncode == 0, r
+    assert 'Traceback' not in r.stderr
+    with open(scratch + '/r.json') as f:
+        report = json.load(f)
+    root = '/tmp' if mode == 'isolated' else [
+        l for l in report['leaked_files'] if l.endswith('/locked/')][0][:-len('/locked/')]
+    text = r.err.split(b'\n')
+    for line in [b'# leaked %s/new\\nline' % root.encode(),
+                 b'# leaked %s/bad-\\xff-utf8' % root.encode(),
+                 b'# leaked %s/back\\\\slash' % root.encode(),
+                 ('# leaked %s/caf\u00e9' % root).encode(),
+                 b'# leaked %s/locked/' % root.encode(),
+                 b'# leaked %s/locked/inside' % root.encode()]:
+        assert line in text, line
+    files = report['leaked_files']
+    for name in ['new\nline', 'bad-\udcff-utf8', 'back\\slash', 'caf\u00e9', 'locked/inside']:
+        assert root + '/' + name in files, name
+    deep = root + ('/' + 'x' * 200) * 40 + '/deep'
+    assert deep in files and len(deep) > 8000
+    assert os.fsencode('bad-\udcff-utf8') == b'bad-\xff-utf8'  # exact: surrogateescape
+    if mode == 'fallback':
+        assert not os.path.exists(root)
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_mount_left_elsewhere(caller, scratch):
+    before = host_mounts()
+    target = scratch + '/mnt'
+    os.mkdir(target)
+    p = start(sh('mount -t tmpfs elsewhere %s && mount -t tmpfs intmp /tmp && touch %s/ready; '
+                 'sleep 30' % (target, scratch)), caller=caller, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(scratch + '/ready'), what='mounts made')
+        assert host_mounts() == before and os.listdir(target) == []
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    lines = err.decode().splitlines()
+    assert [l.split()[4] for l in lines if l.startswith('# leaked mount: ')] == [target, '/tmp']
+    assert host_mounts() == before
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_isolate_exec_inside_isolate_exec(caller):
+    inner = "%s -- sh -c 'ls -A /tmp; touch /tmp/inner'" % ISOLATE_EXEC
+    r = run(sh('touch /tmp/outer; %s; echo inner rc=$?; ls -A /tmp' % inner), caller=caller)
+    assert r.returncode == 0, r
+    assert r.stdout.splitlines() == ['inner rc=0', 'outer']
+    assert r.report == ['# leaked /tmp/inner', '# leaked /tmp/outer']
+
+
+def test_16_concurrent_runs_write_the_same_path():
+    procs = [start(sh('echo %d > /tmp/same; sleep 0.5; cat /tmp/same' % i),
+                   caller=CALLERS[i % 2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in range(16)]
+    for i, p in enumerate(procs):
+        out, err = p.communicate(timeout=60)
+        assert (p.returncode, out) == (0, b'%d\n' % i), err
+        assert err == b'# leaked /tmp/same\n'
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_fallback_with_a_sigkilled_test(caller, scratch):
+    pidfile = scratch + '/pid'
+    r = run(sh('touch $TMPDIR/a; mkdir $TMPDIR/d; touch $TMPDIR/d/b; echo $TMPDIR > %s.dir; '
+               '(setsid sh -c "echo \\$\\$ > %s; exec sleep 1000" &); '
+               'until test -s %s; do :; done; kill -KILL $$' % (pidfile, pidfile, pidfile)),
+            caller=caller, sandbox=True)
+    assert r.returncode == 137, r
+    with open(pidfile + '.dir') as f:
+        private = f.read().strip()
+    with open(pidfile) as f:
+        daemon = int(f.read())
+    assert r.report[0] == '# user namespaces not available (%s)' % NO_USERNS_REASON[caller]
+    assert [l for l in r.report if l.startswith('# leaked /')] == [
+        '# leaked %s/a' % private, '# leaked %s/d/' % private, '# leaked %s/d/b' % private]
+    assert [l for l in r.report if l.startswith('# leaked pid=%d ' % daemon)]
+    assert not os.path.exists(private)
+    assert not pid_alive(daemon)
+
+
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('caller', CALLERS)
+def test_test_drops_caps_calls_setsid_mounts_over_tmp(caller, mode):
+    """The command drops its capabilities, calls setsid() itself, mounts over
+    /tmp (isolated): report and cleanup still work."""
+    script = ('import os, subprocess\n'
+              'os.setsid()\n'
+              'tmp = os.environ.get("TMPDIR", "/tmp")\n'
+              'open(tmp + "/before", "w").close()\n'
+              'if os.environ.get("MOUNT"): subprocess.check_call(["mount", "-t", "tmpfs", "over", "/tmp"])\n'
+              'subprocess.check_call(["setpriv", "--inh-caps=-all", "--ambient-caps=-all",\n'
+              '    "--bounding-set=-all", "sh", "-c", "touch %s/after; (sleep 1000 &)" % tmp])\n')
+    env = dict(os.environ, MOUNT='1' if mode == 'isolated' else '')
+    r = run(['--', PYTHON, '-c', script], caller=caller, sandbox=mode == 'fallback', env=env)
+    assert r.returncode == 0, r
+    leaked = [l for l in r.report if l.startswith('# leaked ')]
+    assert [l for l in leaked if l.endswith("'sleep' ['sleep', '1000']")]
+    assert [l for l in leaked if l.endswith('/before')]
+    if mode == 'isolated':  # "after" went to the tmpfs mounted over /tmp, reported as a mount
+        assert [l for l in leaked if l.startswith('# leaked mount: over /tmp tmpfs')]
+    else:
+        assert [l for l in leaked if l.endswith('/after')]
+
+
+def test_ctrl_c_on_a_terminal_reaches_the_command_once():
+    """On a terminal, the command is the foreground process group: Ctrl-C
+    reaches it once, not once per process of the chain."""
+    argv = command_line(sh('trap "echo INT; n=$((n+1))" INT; echo ready; n=0; '
+                           'while [ $n -lt 1 ]; do sleep 0.05; done; sleep 0.5; echo n=$n'),
+                        caller='nobody')
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+    out = b''
+    try:
+        while b'ready' not in out:
+            out += os.read(fd, 1024)
+        os.write(fd, b'\x03')
+        while True:
+            if not select.select([fd], [], [], 10)[0]:
+                break
+            try:
+                data = os.read(fd, 1024)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, out
+    assert out.count(b'INT') == 1 and b'n=1' in out, out
