@@ -197,10 +197,11 @@ class Suite(object):
 
     def isolate_exec_argv(self, report):
         # The runner's own interpreter, with the runtime's sys.path entry:
-        # re-running sys.executable alone would lose buildout's sys.path.
+        # re-running sys.executable alone would lose buildout's sys.path (and
+        # without site, as the wrapper: ~7 ms less per case).
         root = os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(isolate_exec.__file__))))
-        argv = [sys.executable, '-c', 'import sys; sys.path[0:0] = %r; '
+        argv = [sys.executable, '-S', '-c', 'import sys; sys.path[0:0] = %r; '
                 'from slapos.recipe.isolate_exec import console_main; console_main()' % [root]]
         for path, options in self.tmpfs:
             argv += ['--tmpfs', '%s:%s' % (path, options)]

@@ -157,15 +157,15 @@ class BaseRecipe(object):
         return [self.wrapper_path]
 
     def _import_runtime(self, path, module):
-        """Import the runtime once with the wrapper's interpreter: this checks
-        that it can, and writes its byte-code, which the test user may not be
+        """Import the runtime once as the wrapper will (its interpreter, -S,
+        the same sys.path): this checks that it can, and writes its byte-code, which the test user may not be
         allowed to write later (a develop egg is not byte-compiled, and the
         software's files are not the instance user's): without it every start
         would compile the module again (~14 ms)."""
         env = dict(os.environ)
         env.pop('PYTHONDONTWRITEBYTECODE', None)
         proc = subprocess.Popen(
-            [self.python, '-c', 'import sys; sys.path[0:0] = %r; import %s' % (path, module)],
+            [self.python, '-S', '-c', 'import sys; sys.path[0:0] = %r; import %s' % (path, module)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         _, err = proc.communicate()
         if proc.returncode:
@@ -177,6 +177,9 @@ class BaseRecipe(object):
     def _script_text(self, name, function, args, working_set):
         # zc.buildout writes scripts for its own interpreter only (it asserts
         # so): let it write one in a scratch directory, then set the shebang.
+        # It is "PYTHON -S" (two words, as the ERP5 test node splits it):
+        # the script sets sys.path itself, and site's work at start (a
+        # virtualenv's .pth files...) would cost ~7 ms per run.
         arguments = ''.join('\n        %r,' % (a,) for a in args)
         scratch = tempfile.mkdtemp(prefix='isolatedtest-')
         buildout_logger = logging.getLogger('zc.buildout.easy_install')
@@ -192,7 +195,7 @@ class BaseRecipe(object):
         finally:
             buildout_logger.setLevel(level)
             shutil.rmtree(scratch)
-        return '#!%s\n%s' % (self.python, text.split('\n', 1)[1])
+        return '#!%s -S\n%s' % (self.python, text.split('\n', 1)[1])
 
     def install(self):
         return self.write_wrapper(*self.wrapper_arguments())
