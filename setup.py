@@ -39,10 +39,8 @@ setup(
         'test': ['pytest'],
         'testnode': ['erp5.util'],  # runTestSuite --master_url
     },
+    scripts=['scripts/isolate-exec'],
     entry_points={
-        'console_scripts': [
-            'isolate-exec = slapos.recipe.isolate_exec:console_main',
-        ],
         'zc.buildout': [
             'default = slapos.recipe.isolatedtest:Recipe',
             'suite = slapos.recipe.isolatedtest:Suite',

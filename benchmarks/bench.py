@@ -125,6 +125,12 @@ class Row(object):
     def median(self):
         return statistics.median(self.times)
 
+    def ratio(self, *floors):
+        """Median of the per-round ratios to the sum of floors measured in the
+        same rounds: robust to the machine's drift."""
+        return statistics.median(t / sum(f.times[i] for f in floors)
+                                 for i, t in enumerate(self.times))
+
     def spread(self):
         t = sorted(self.times)
         return t[len(t) // 10], t[-1 - len(t) // 10]
@@ -217,29 +223,31 @@ def main():
             iso.run(launcher)
 
     by_label = dict((row.label, row) for row in rows)
-    floor = by_label["`VENV/bin/python -c 'import re'` (interpreter floor)"].median()
-    floor_nobody = (by_label["as nobody: `VENV/bin/python -c 'import re'`"].median() +
-                    by_label['as nobody: mount floor'].median())
-    trun_median = trun_row.median() if trun_row else None
+    floor = [by_label["`VENV/bin/python -c 'import re'` (interpreter floor)"]]
+    floor_nobody = [by_label["as nobody: `VENV/bin/python -c 'import re'`"],
+                    by_label['as nobody: mount floor']]
 
     print(machine())
     print()
-    print('| command | median ms | p10-p90 ms | / floor | / trun | peak RSS MiB |')
+    print('| command | median ms | p10-p90 ms | / floor | trun / this | peak RSS MiB |')
     print('|---|---:|---:|---:|---:|---:|')
     for row in rows:
         p10, p90 = row.spread()
-        ratio = ''
-        if row.group == 'start' or row.group == 'peer':
-            ref = floor_nobody if row.label.startswith('as nobody') else floor
-            ratio = '%.2fx' % (row.median() / ref)
-        vs_trun = '%.3f' % (row.median() / trun_median) if trun_median else ''
+        ratio = vs_trun = ''
+        nobody = row.label.startswith('as nobody')
+        if row.group in ('start', 'peer'):
+            ratio = '%.2fx' % row.ratio(*(floor_nobody if nobody else floor))
+        if trun_row:
+            trun_ref = by_label["as nobody: nxdtest's `trun.py true`"] if nobody else trun_row
+            vs_trun = '%.1fx' % (1 / row.ratio(trun_ref))
         print('| %s | %.1f | %.1f-%.1f | %s | %s | %.1f |' % (
             row.label, row.median() * 1e3, p10 * 1e3, p90 * 1e3, ratio, vs_trun,
             max(row.rss) / 1024.0))
     print()
-    print('Floors: root rows against the interpreter floor (%.1f ms); nobody rows against the '
-          'nobody interpreter floor + the nobody mount floor (%.1f ms).' % (floor * 1e3,
-                                                                           floor_nobody * 1e3))
+    print('Ratios are medians of per-round ratios (each command against the floor, or trun, '
+          'run in the same round). Root rows against the interpreter floor; nobody rows '
+          'against the nobody interpreter floor + the nobody mount floor; "trun / this": how '
+          'many times faster than trun, as the same user.')
     print()
     print('| leaked files | create, no isolation | create + isolate-exec + report | '
           'report cost | peak RSS MiB (isolated) |')

@@ -206,7 +206,7 @@ BUILDOUT = {
 }
 FIND_LINKS = '/var/tmp/isolatedtest-dist'
 EGGS = '/var/tmp/isolatedtest-eggs'  # erp5.util, slapos.recipe.template...: .ci/setup
-PROJECT_FILES = ('setup.py', 'pyproject.toml', 'README.md', 'CHANGES.txt', 'slapos')
+PROJECT_FILES = ('setup.py', 'pyproject.toml', 'README.md', 'CHANGES.txt', 'slapos', 'scripts')
 
 
 @pytest.fixture(scope='session')

@@ -1,6 +1,7 @@
 """isolate-exec, behaviour by behaviour (issue: the runtime), for real: real
 namespaces, mounts and processes, as root and as nobody, isolated and in the
 real no-userns sandbox, under Python 3 and 2.7."""
+import glob
 import json
 import os
 import signal
@@ -514,3 +515,37 @@ def test_fuse_mount_inside_as_root(scratch):
     assert '# leaked /tmp/mnt/' in r.report and '# leaked /tmp/src/f' in r.report
     assert [l for l in r.report if l.startswith('# leaked mount: ')][0].startswith(
         '# leaked mount: /tmp/src /tmp/mnt fuse rw,')
+
+
+# -- 10. every Python ------------------------------------------------------------------
+
+PYENV_PYTHONS = sorted(glob.glob('/root/.pyenv/versions/*/bin/python'))
+
+
+@pytest.mark.parametrize('python', [os.path.basename(os.path.dirname(os.path.dirname(p)))
+                                    for p in PYENV_PYTHONS] or ['none found'])
+@pytest.mark.parametrize('uid', [0, 1000])
+def test_every_python_of_the_machine(python, uid, scratch):
+    """The runtime (its _ctypes layer, clone, capabilities) under each Python
+    of the machine (pyenv's: 2.7, 3.6 to 3.13), for a root caller and, mapped
+    with unshare --map-user, a non-root one (user namespace path)."""
+    interpreter = '/root/.pyenv/versions/%s/bin/python' % python
+    assert os.path.exists(interpreter), 'no pyenv Python on this machine'
+    prefix = ['unshare', '-U', '--map-user=%d' % uid, '--map-group=%d' % uid] if uid else []
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(scratch), 'py27lib'))
+    proc = subprocess.Popen(prefix + [interpreter, '-m', 'slapos.recipe.isolate_exec',
+                                      '--report', scratch + '/r.json', '--', 'sh', '-c',
+                                      'id -u; grep CapEff /proc/self/status; touch /tmp/x; '
+                                      '(setsid sleep 100 &); '
+                                      'until grep -qsx sleep /proc/[0-9]*/comm; do :; done; exit 3'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd='/')
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    lines = out.decode().splitlines()
+    assert lines[0] == str(uid)
+    if uid:
+        assert lines[1] == 'CapEff:\t0000000000200000'
+    report = err.decode().splitlines()
+    assert report[0].endswith("'sleep' ['sleep', '100']") and report[1:] == ['# leaked /tmp/x']
+    with open(scratch + '/r.json') as f:
+        assert json.load(f)['leaked_files'] == ['/tmp/x']

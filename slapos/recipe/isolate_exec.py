@@ -9,7 +9,7 @@
 This module is the whole runtime of slapos.recipe.isolatedtest. It runs inside
 software releases whose Python may still be 2.7, so it uses the standard
 library only, and does every namespace operation with direct system calls
-through ctypes (no unshare(1) or mount(1), whose versions vary).
+through _ctypes (no unshare(1) or mount(1), whose versions vary).
 
 How a run is laid out (isolated mode)::
 
@@ -25,7 +25,7 @@ namespace and frees the private tmpfs with the mount namespace. If the setup
 fails, the supervisor reports the failing step and exits; isolate-exec then
 runs the command in fallback mode (private TMPDIR, child subreaper).
 """
-import ctypes
+import _ctypes  # the core of ctypes: see "C functions" below
 import errno
 import marshal
 import os
@@ -122,7 +122,7 @@ class SetupError(Exception):
 
 def _os_error(what, err=None):
     if err is None:
-        err = ctypes.get_errno()
+        err = _ctypes.get_errno()
     return SetupError('%s: %s' % (what, os.strerror(err)))
 
 
@@ -432,25 +432,68 @@ _CLONE_SYSCALL = {
     's390x': (120, True),  # s390: clone(stack, flags, ...)
 }
 
-_libc = None
+# -- C functions ---------------------------------------------------------------
+# The few libc and Python C API functions needed are called through _ctypes,
+# the core of ctypes, with the small layer below doing what ctypes.CDLL(None,
+# use_errno=True) and ctypes.pythonapi do: importing the ctypes package itself
+# costs ~2 ms more at each start (it defines some 40 classes and imports
+# struct), and that is most of what isolate-exec adds to a run. _ctypes has
+# had this interface since Python 2.5 (tests run it on 2.7 and 3.6 to 3.13).
+
+class _Int(_ctypes._SimpleCData):
+    _type_ = 'i'
 
 
-def libc():
-    global _libc
-    if _libc is None:
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                              ctypes.c_ulong, ctypes.c_char_p)
-        lib.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-        lib.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
-                              ctypes.c_ulong, ctypes.c_ulong)
-        lib.syscall.restype = ctypes.c_long
-        _libc = lib
-    return _libc
+class _Long(_ctypes._SimpleCData):
+    _type_ = 'l'
+
+
+class _ULong(_ctypes._SimpleCData):
+    _type_ = 'L'
+
+
+class _UInt32(_ctypes._SimpleCData):
+    _type_ = 'I'
+
+
+class _LibcFunction(_ctypes.CFuncPtr):
+    """A C function returning int, which sets errno (ctypes.get_errno())."""
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Int
+
+
+class _LibcLongFunction(_ctypes.CFuncPtr):
+    """A C function returning long, which sets errno."""
+    _flags_ = _LibcFunction._flags_
+    _restype_ = _Long
+
+
+class _PythonFunction(_ctypes.CFuncPtr):
+    """A function of the Python C API, called holding the GIL."""
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_PYTHONAPI
+    _restype_ = _Int
+
+
+class _Program(object):
+    """The running program and its libraries (libc, libpython): dlopen(NULL)."""
+    _handle = _ctypes.dlopen(None, 2)  # RTLD_NOW
+
+
+_functions = {}
+
+
+def c_function(name, kind=_LibcFunction):
+    """-> the C function name of the running program; AttributeError if
+    there is none. Arguments: int, bytes (char *), None (NULL), _ULong..."""
+    try:
+        return _functions[name]
+    except KeyError:
+        function = _functions[name] = kind((name, _Program))
+        return function
 
 
 def prctl(option, arg2=0, arg3=0, what='prctl'):
-    if libc().prctl(option, arg2, arg3, 0, 0) < 0:
+    if c_function('prctl')(option, _ULong(arg2), _ULong(arg3), _ULong(0), _ULong(0)) < 0:
         raise _os_error(what)
 
 
@@ -466,20 +509,22 @@ def clone_into_namespaces(flags):
     # The interpreter must do its fork bookkeeping as for os.fork: without it
     # Python 2 ignores every signal in the child (its handler checks getpid()
     # against the pid it saved), and locks or at-fork hooks could be stale.
-    api = ctypes.pythonapi
-    before = getattr(api, 'PyOS_BeforeFork', None)  # Python 3.7+
-    if before is not None:
+    try:
+        before = c_function('PyOS_BeforeFork', _PythonFunction)  # Python 3.7+
+    except AttributeError:
+        before = None
+    else:
         before()
-    pid = libc().syscall(number, ctypes.c_ulong(args[0]), ctypes.c_ulong(args[1]),
-                         None, None, ctypes.c_ulong(0))
-    err = ctypes.get_errno()
+    pid = c_function('syscall', _LibcLongFunction)(
+        number, _ULong(args[0]), _ULong(args[1]), None, None, _ULong(0))
+    err = _ctypes.get_errno()
     if before is None:
         if pid == 0:
-            api.PyOS_AfterFork()
+            c_function('PyOS_AfterFork', _PythonFunction)()
     elif pid == 0:
-        api.PyOS_AfterFork_Child()
+        c_function('PyOS_AfterFork_Child', _PythonFunction)()
     else:
-        api.PyOS_AfterFork_Parent()
+        c_function('PyOS_AfterFork_Parent', _PythonFunction)()
     if pid < 0:
         raise _os_error('create %s namespace' % ('user' if flags & CLONE_NEWUSER else 'mount'),
                         err)
@@ -488,7 +533,7 @@ def clone_into_namespaces(flags):
 
 def mount(source, target, fstype, flags, data, what):
     b = lambda s: None if s is None else fsencode(s)
-    if libc().mount(b(source), b(target), b(fstype), flags, b(data)) < 0:
+    if c_function('mount')(b(source), b(target), b(fstype), _ULong(flags), b(data)) < 0:
         raise _os_error(what)
 
 
@@ -624,7 +669,7 @@ def bind_minimal_user_database(uid, gid, scratch):
             f.write(content)
         os.chmod(source, 0o644)
         mount(source, target, None, MS_BIND, None, 'bind %s on %s' % (source, target))
-    if libc().umount2(fsencode(scratch), MNT_DETACH) < 0:
+    if c_function('umount2')(fsencode(scratch), MNT_DETACH) < 0:
         raise _os_error('umount %s' % scratch)
     os.rmdir(scratch)
 
@@ -642,20 +687,19 @@ def drop_to_sys_admin():
     uid in a user namespace (capabilities(7): only ambient capabilities survive
     execve for it), so that mount and FUSE work while file permissions still
     apply (no CAP_DAC_OVERRIDE). The supervisor keeps its own full set."""
-    class CapHeader(ctypes.Structure):
-        _fields_ = [('version', ctypes.c_uint32), ('pid', ctypes.c_int)]
+    class CapHeader(_ctypes.Structure):
+        _fields_ = [('version', _UInt32), ('pid', _Int)]
 
-    class CapData(ctypes.Structure):
-        _fields_ = [('effective', ctypes.c_uint32), ('permitted', ctypes.c_uint32),
-                    ('inheritable', ctypes.c_uint32)]
+    class CapData(_ctypes.Structure):
+        _fields_ = [('effective', _UInt32), ('permitted', _UInt32), ('inheritable', _UInt32)]
 
     header = CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (CapData * 2)()
-    if libc().capget(ctypes.byref(header), data) < 0:
+    if c_function('capget')(_ctypes.byref(header), data) < 0:
         raise _os_error('capget')
     data[0].inheritable = 1 << CAP_SYS_ADMIN
     data[1].inheritable = 0
-    if libc().capset(ctypes.byref(header), data) < 0:
+    if c_function('capset')(_ctypes.byref(header), data) < 0:
         raise _os_error('capset')
     # Ambient capabilities are Linux 4.3+ (commit 58319057b784); a capability
     # can be ambient only while it is both permitted and inheritable.
@@ -958,16 +1002,20 @@ def _is_running(pid):
 
 # -- leak checks: mounts ---------------------------------------------------------
 
-def read_mounts():
-    """-> [mount] from /proc/self/mountinfo, each as 'SOURCE[ROOT] MOUNTPOINT
+def read_mountinfo():
+    """-> the bytes of /proc/self/mountinfo."""
+    with open('/proc/self/mountinfo', 'rb') as f:
+        return f.read()
+
+
+def parse_mounts(mountinfo):
+    """-> [mount] from mountinfo bytes, each as 'SOURCE[ROOT] MOUNTPOINT
     FSTYPE OPTIONS' bytes (the /proc/mounts shape, with a bind mount's root)."""
     # Mount IDs, parent IDs and device numbers are left out: they are reused
     # and differ between namespaces (proc(5)); so are propagation tags. Names
     # keep mountinfo's octal escapes (\040 for a space): one mount, one line.
-    with open('/proc/self/mountinfo', 'rb') as f:
-        lines = f.read().splitlines()
     mounts = []
-    for line in lines:
+    for line in mountinfo.splitlines():
         fields = line.split(b' ')
         sep = fields.index(b'-', 6)
         root, mountpoint, options = fields[3], fields[4], fields[5]
@@ -980,7 +1028,11 @@ def read_mounts():
 
 
 def diff_mounts(before, after):
-    """-> (leaked, gone): mounts only in after, mounts only in before (multisets)."""
+    """-> (leaked, gone): mounts only in after, mounts only in before (multisets
+    of parse_mounts()), from two mountinfo snapshots."""
+    if before == after:  # the usual case: nothing to parse
+        return [], []
+    before, after = parse_mounts(before), parse_mounts(after)
     count = {}
     for m in before:
         count[m] = count.get(m, 0) + 1
@@ -1003,7 +1055,7 @@ def detach_mounts(mounts):
     what the command left beneath them (and no FUSE daemon is asked)."""
     for m in reversed(mounts):
         mountpoint = unescape_mount(m.split(b' ')[1])
-        libc().umount2(mountpoint, MNT_DETACH)
+        c_function('umount2')(mountpoint, MNT_DETACH)
 
 
 # -- leak checks: files ----------------------------------------------------------
@@ -1194,7 +1246,7 @@ def setup_isolation(run):
     except OSError as e:
         return {'fatal': 'working directory %s: %s (hidden by a private tmpfs)'
                          % (run.cwd, os.strerror(e.errno))}
-    return {'roots': roots, 'mounts': read_mounts()}
+    return {'roots': roots, 'mounts': read_mountinfo()}
 
 
 def run_and_check(run, roots, mounts_before):
@@ -1214,7 +1266,7 @@ def run_and_check(run, roots, mounts_before):
         forward_signals_to(None)
     result['status'] = code
     result['duration'] = now() - start
-    result['leaked_mounts'], result['gone_mounts'] = diff_mounts(mounts_before, read_mounts())
+    result['leaked_mounts'], result['gone_mounts'] = diff_mounts(mounts_before, read_mountinfo())
     result['processes'], result['killed'] = kill_leaked_processes(1, run.kill_timeout)
     detach_mounts(result['leaked_mounts'])
     skip = set(fsencode(entry.path) for entry in run.tmpfs)
