@@ -204,7 +204,6 @@ BUILDOUT = {
     'py3': '/var/tmp/isolatedtest-buildout/bin/buildout',  # zc.buildout 3.0.1
     'py27': '/var/tmp/isolatedtest-py27/bin/buildout',     # zc.buildout 2.13.8
 }
-FIND_LINKS = '/var/tmp/isolatedtest-dist'
 EGGS = '/var/tmp/isolatedtest-eggs'  # erp5.util, slapos.recipe.template...: .ci/setup
 PROJECT_FILES = ('setup.py', 'pyproject.toml', 'README.md', 'CHANGES.txt', 'slapos', 'scripts')
 
@@ -224,6 +223,13 @@ def src(scratch_root):
             shutil.copy(source, path)
     subprocess.check_call(['chmod', '-R', 'a+rX', path])
     return path
+
+
+def buildout_section(part, src, directory):
+    """The [buildout] section of the tests' buildouts: offline, the project as
+    a develop egg, the eggs .ci/setup installed (as SlapOS's shared eggs)."""
+    return ('[buildout]\nparts = %s\noffline = true\ndevelop = %s\neggs-directory = %s\n'
+            'develop-eggs-directory = %s/develop-eggs\n' % (part, src, EGGS, directory))
 
 
 def write(path, text):

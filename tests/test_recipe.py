@@ -7,18 +7,10 @@ import subprocess
 
 import pytest
 
-from conftest import (AS_NOBODY, CALLERS, FIND_LINKS, PY27, PYTHON, Result, buildout,
+from conftest import (AS_NOBODY, CALLERS, PY27, PYTHON, Result, buildout, buildout_section,
                       write)
 
 PART = '''
-[buildout]
-parts = runUnitTest
-offline = true
-develop = {src}
-find-links = {find_links}
-eggs-directory = {dir}/eggs
-develop-eggs-directory = {dir}/develop-eggs
-
 [directory]
 bin = ${{buildout:directory}}/bin
 srv = {dir}/srv
@@ -40,7 +32,8 @@ leak-report = {dir}/report.json
 
 
 def config(directory, src, extra='', python=PYTHON):
-    return PART.format(src=src, find_links=FIND_LINKS, dir=directory, extra=extra, python=python)
+    return buildout_section('runUnitTest', src, directory) + PART.format(
+        dir=directory, extra=extra, python=python)
 
 
 def run_wrapper(path, args=(), caller='root'):
@@ -105,7 +98,7 @@ def test_rerun_keeps_unchanged_wrapper_and_regenerates_changed(installed, src):
         assert '        True,\n        0.5,\n' in f.read()
     r = run_wrapper(path)
     assert r.returncode == 3  # strict: the command leaked /tmp/leak
-    r = buildout(installed, config(installed, src).replace('parts = runUnitTest', 'parts ='))
+    r = buildout(installed, config(installed, src).replace('parts = runUnitTest', 'parts =', 1))
     assert r.returncode == 0, r
     assert not os.path.exists(path)  # install() returned it: removed on uninstall
 

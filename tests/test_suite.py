@@ -16,16 +16,9 @@ try:
 except ImportError:  # pragma: no cover
     from SimpleXMLRPCServer import SimpleXMLRPCServer
 
-from conftest import AS_NOBODY, CALLERS, EGGS, PYTHON, Result, buildout, wait_for
+from conftest import AS_NOBODY, CALLERS, PYTHON, Result, buildout, buildout_section, wait_for
 
 SUITE = '''
-[buildout]
-parts = runTestSuite
-offline = true
-develop = {src}
-eggs-directory = {eggs}
-develop-eggs-directory = {dir}/develop-eggs
-
 [runTestSuite]
 recipe = slapos.recipe.isolatedtest:suite
 wrapper-path = ${{buildout:directory}}/bin/runTestSuite
@@ -51,8 +44,8 @@ CASES = [
 
 
 def make_suite(directory, src, cases=CASES, extra=''):
-    config = SUITE.format(src=src, eggs=EGGS, dir=directory, extra=extra, cases='\n'.join(
-        '  %s %s' % case for case in cases))
+    config = buildout_section('runTestSuite', src, directory) + SUITE.format(
+        extra=extra, cases='\n'.join('  %s %s' % case for case in cases))
     r = buildout(directory, config)
     assert r.returncode == 0, r
     return os.path.join(directory, 'bin', 'runTestSuite')
@@ -291,7 +284,7 @@ def test_log_directory_keeps_each_leak_report(scratch, runner):
     ("  q sh -c 'unbalanced", "test-cases: cannot split \"sh -c 'unbalanced\": No closing quotation"),
 ])
 def test_bad_test_cases_stop_buildout(cases, message, scratch, src):
-    config = SUITE.format(src=src, eggs=EGGS, dir=scratch, extra='', cases=cases)
+    config = buildout_section('runTestSuite', src, scratch) + SUITE.format(extra='', cases=cases)
     r = buildout(scratch, config)
     assert r.returncode != 0
     output = r.stdout + r.stderr
