@@ -99,6 +99,12 @@ def test_working_directory_hidden_by_private_tmpfs(scratch):
         '(hidden by a private tmpfs)']
 
 
+def test_working_directory_the_caller_cannot_look_up(scratch):
+    """nobody inheriting root's working directory in /root: left as it is."""
+    r = run(sh('pwd'), caller='nobody', cwd='/root')
+    assert (r.returncode, r.stdout, r.stderr) == (0, '/root\n', '')
+
+
 def test_tmpfs_options_are_applied(scratch):
     r = run(['--tmpfs', '/tmp:size=2m,mode=1700', '--tmpfs', scratch + '/ro:ro,size=1m',
              '--tmpfs', '/tmp/nested:size=3m'] +

@@ -582,15 +582,17 @@ def create_mount_points(tmpfs):
     cookbook's private-tmpfs does); those inside another private mount are
     created in it by mount_private_tmpfs."""
     for entry in tmpfs:
-        if not (os.path.isdir(entry.path) or _nested(entry, tmpfs)):
+        others = [other for other in tmpfs if other is not entry]
+        if not (os.path.isdir(entry.path) or in_private_mount(entry.path, others)):
             try:
                 os.makedirs(entry.path)
             except OSError as e:
                 raise SetupError('create %s: %s' % (entry.path, os.strerror(e.errno)))
 
 
-def _nested(entry, tmpfs):
-    return any(entry.path.startswith(other.path + '/') for other in tmpfs)
+def in_private_mount(path, tmpfs):
+    """Is path one of the mount points of tmpfs, or under one?"""
+    return any(path == entry.path or path.startswith(entry.path + '/') for entry in tmpfs)
 
 
 def mount_private_tmpfs(entry):
@@ -1190,10 +1192,9 @@ class Run(object):
 def private_env(env, tmpfs):
     """TMPDIR, TMP and TEMP set outside the private mounts now point to /tmp,
     so that temporary files land where they are isolated and checked."""
-    paths = [entry.path for entry in tmpfs]
     for name in ('TMPDIR', 'TMP', 'TEMP'):
         value = env.get(name)
-        if value and not any(value == p or value.startswith(p + '/') for p in paths):
+        if value and not in_private_mount(value, tmpfs):
             env[name] = '/tmp'
     return env
 
@@ -1238,10 +1239,11 @@ def setup_isolation(run):
             drop_to_sys_admin()
     except SetupError as e:
         return {'error': str(e)}
-    # The working directory may be inside a private mount: look it up again,
-    # or relative paths would still reach the host's directory under it.
+    # A working directory inside a private mount still is the host's directory
+    # under it: look it up again, or relative paths would write to the host.
+    # Any other is left as it is (the caller may be unable to look it up).
     try:
-        if run.cwd is not None:
+        if run.cwd is not None and in_private_mount(run.cwd, run.tmpfs):
             os.chdir(run.cwd)
     except OSError as e:
         return {'fatal': 'working directory %s: %s (hidden by a private tmpfs)'
