@@ -50,6 +50,22 @@ PRIVATE_TMPFS = (
     ('/dev/shm', 'mode=1777'),
 )
 
+# Code run before importing this module by the scripts that start it with a
+# sys.path of eggs (the recipes' wrappers, the suite runner's cases): it sets
+# up the namespace packages slapos and slapos.recipe as slapos/__init__.py
+# would, with the slapos directories of sys.path. zc.buildout (pip, or
+# setuptools for wheels) writes into installed eggs an __init__.py that
+# imports pkg_resources: ~130 ms and ~17 MiB at each start.
+NAMESPACE_SETUP = '''\
+for _name in ('slapos', 'slapos.recipe'):
+    if _name not in sys.modules:  # not set up yet (pkg_resources, a .pth file)
+        _sub = os.path.join(*_name.split('.'))
+        _module = sys.modules[_name] = type(sys)(_name)
+        _module.__path__ = [os.path.join(_p or os.curdir, _sub) for _p in sys.path
+                            if os.path.isdir(os.path.join(_p or os.curdir, _sub))]
+sys.modules['slapos'].recipe = sys.modules['slapos.recipe']
+'''
+
 # Exit statuses (also documented in USAGE).
 EXIT_USAGE = 2          # bad command line
 EXIT_LEAKED = 3         # --strict, the command succeeded but something leaked

@@ -201,8 +201,9 @@ class Suite(object):
         # without site, as the wrapper: ~7 ms less per case).
         root = os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(isolate_exec.__file__))))
-        argv = [sys.executable, '-S', '-c', 'import sys; sys.path[0:0] = %r; '
-                'from slapos.recipe.isolate_exec import console_main; console_main()' % [root]]
+        argv = [sys.executable, '-S', '-c', 'import os, sys\nsys.path[0:0] = %r\n%s\n'
+                'from slapos.recipe.isolate_exec import console_main\nconsole_main()'
+                % ([root], isolate_exec.NAMESPACE_SETUP)]
         for path, options in self.tmpfs:
             argv += ['--tmpfs', '%s:%s' % (path, options)]
         return argv + ['--userns', self.userns, '--kill-timeout', repr(self.kill_timeout),

@@ -165,7 +165,8 @@ class BaseRecipe(object):
         env = dict(os.environ)
         env.pop('PYTHONDONTWRITEBYTECODE', None)
         proc = subprocess.Popen(
-            [self.python, '-S', '-c', 'import sys; sys.path[0:0] = %r; import %s' % (path, module)],
+            [self.python, '-S', '-c', 'import os, sys\nsys.path[0:0] = %r\n%s\nimport %s'
+             % (path, isolate_exec.NAMESPACE_SETUP, module)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         _, err = proc.communicate()
         if proc.returncode:
@@ -189,13 +190,18 @@ class BaseRecipe(object):
             path, = zc.buildout.easy_install.scripts(
                 [(name, self.module, function)], working_set,
                 sys.executable, scratch, arguments=arguments,
-                initialization='# Kept minimal: all behaviour lives in %s.' % self.module)
+                initialization=self._initialization())
             with open(path) as f:
                 text = f.read()
         finally:
             buildout_logger.setLevel(level)
             shutil.rmtree(scratch)
         return '#!%s -S\n%s' % (self.python, text.split('\n', 1)[1])
+
+    def _initialization(self):
+        return ('# Kept minimal: all behaviour lives in %s.\n'
+                '# slapos and slapos.recipe without pkg_resources (see NAMESPACE_SETUP):\n'
+                'import os\n%s' % (self.module, isolate_exec.NAMESPACE_SETUP))
 
     def install(self):
         return self.write_wrapper(*self.wrapper_arguments())
