@@ -78,7 +78,9 @@ def test_wrapper_is_thin(installed, src):
     assert lines[start + 1:start + 3] == ["  '%s'," % src, '  ]']  # exactly the runtime's egg
     assert 'import slapos.recipe.isolate_exec' in lines
     assert 'sys.exit(slapos.recipe.isolate_exec.run_wrapper(' in text
-    assert 'pkg_resources' not in text
+    assert 'import pkg_resources' not in text and "__import__('pkg_resources')" not in text
+    from slapos.recipe.isolate_exec import NAMESPACE_SETUP
+    assert NAMESPACE_SETUP in text
     # the runtime was byte-compiled for the wrapper's interpreter at install
     assert [n for n in os.listdir(src + '/slapos/recipe/__pycache__')
             if n.startswith('isolate_exec.cpython-')]
