@@ -487,6 +487,19 @@ def test_usage_errors(args, message, scratch):
     assert not os.path.exists(scratch + '/ran')
 
 
+@pytest.mark.parametrize('caller', CALLERS)
+def test_mount_point_problems_are_errors_not_fallbacks(caller, scratch):
+    open(scratch + '/file', 'w').close()
+    r = run(['--tmpfs', scratch + '/file', '--', 'touch', scratch + '/ran'], caller=caller)
+    assert (r.returncode, r.stderr) == (125, 'isolate-exec: --tmpfs %s/file: not a directory\n'
+                                        % scratch)
+    os.mkdir(scratch + '/closed', 0o755)
+    r = run(['--tmpfs', scratch + '/closed/db', '--', 'touch', scratch + '/ran'], caller='nobody')
+    assert (r.returncode, r.stderr) == (125, 'isolate-exec: create %s/closed/db: Permission '
+                                        'denied\n' % scratch)
+    assert not os.path.exists(scratch + '/ran')
+
+
 def test_help_documents_everything():
     r = run(['--help'])
     assert r.returncode == 0 and r.stderr == ''

@@ -599,6 +599,8 @@ def create_mount_points(tmpfs):
     created in it by mount_private_tmpfs."""
     for entry in tmpfs:
         others = [other for other in tmpfs if other is not entry]
+        if os.path.lexists(entry.path) and not os.path.isdir(entry.path):
+            raise SetupError('--tmpfs %s: not a directory' % entry.path)
         if not (os.path.isdir(entry.path) or in_private_mount(entry.path, others)):
             try:
                 os.makedirs(entry.path)
