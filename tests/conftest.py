@@ -6,10 +6,8 @@ installed (not from the checkout: CI may clone it where nobody cannot read),
 in a world-readable folder outside /tmp (anything under /tmp is invisible
 inside a run). `.ci/run` prepares all of that.
 """
-import errno
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time

@@ -12,8 +12,7 @@ import zipfile
 
 import pytest
 
-from conftest import (BUILDOUT, CHECKOUT, EGGS, PYTHON, SCRATCH_ROOT, Result, buildout,
-                      write)
+from conftest import BUILDOUT, CHECKOUT, EGGS, SCRATCH_ROOT, buildout, write
 
 BUILDOUT_PYTHON = os.path.join(os.path.dirname(BUILDOUT['py3']), 'python')
 BUILDOUT_SITE_PACKAGES = '/var/tmp/isolatedtest-buildout/lib/python%d.%d/site-packages' % (

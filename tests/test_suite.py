@@ -271,6 +271,7 @@ def test_strict_makes_a_leak_an_error(scratch, src):
 def test_log_directory_keeps_each_leak_report(scratch, runner):
     os.chmod(scratch, 0o777)
     r = run_suite(runner, ['-k', 'leak', '--log_directory', scratch], caller='nobody')
+    assert r.returncode == 0, r
     import json
     with open(os.path.join(scratch, 'leak.leaks.json')) as f:
         assert json.load(f)['leaked_files'] == ['/tmp/leaked-by-this-case']
