@@ -140,6 +140,20 @@ def pid_alive(pid):
         return False
 
 
+def descendants(pid):
+    """Host pids of the processes below pid (a run's own pids differ)."""
+    children = {}
+    for line in subprocess.check_output(['ps', '-e', '-o', 'pid=,ppid=']).splitlines():
+        child, parent = map(int, line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, ()))
+    return found
+
+
 def host_mounts():
     with open('/proc/self/mountinfo') as f:
         return [' '.join(l.split()[3:]) for l in f.read().splitlines()]

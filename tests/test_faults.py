@@ -13,29 +13,13 @@ import time
 import pytest
 
 from conftest import (CALLERS, ISOLATE_EXEC, NO_USERNS_REASON, PYTHON, command_line,
-                      host_mounts, pid_alive, run, start, wait_for)
+                      descendants, host_mounts, pid_alive, run, start, wait_for)
 
 MODES = ('isolated', 'fallback')
 
 
 def sh(script):
     return ['--', 'sh', '-c', script]
-
-
-def host_pids_of(pidfile_pids, parent):
-    """Host pids of the processes below parent (the run's pids differ)."""
-    out = subprocess.check_output(['ps', '-e', '-o', 'pid=,ppid='])
-    children = {}
-    for line in out.split(b'\n'):
-        if line.strip():
-            pid, ppid = map(int, line.split())
-            children.setdefault(ppid, []).append(pid)
-    found, todo = [], [parent]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, ()))
-    return found
 
 
 @pytest.mark.parametrize('mode', MODES)
@@ -56,7 +40,7 @@ def test_isolate_exec_gets_sigkill(caller, scratch):
     p = start(sh('mount -t tmpfs x /dev/shm; (setsid sleep 1000 &); sleep 1000 & '
                  'touch %s; wait' % ready), caller=caller)
     wait_for(lambda: os.path.exists(ready), what='ready file')
-    run_pids = host_pids_of(None, p.pid)[1:]
+    run_pids = descendants(p.pid)
     assert len(run_pids) >= 3  # supervisor, sh, sleeps
     p.kill()
     p.wait()

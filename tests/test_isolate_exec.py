@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import (CALLERS, ISOLATE_EXEC, NOBODY_UID, NO_USERNS_REASON, PYTHON,
-                      host_mounts, pid_alive, run, start, tmpfs_paths, wait_for)
+                      descendants, host_mounts, pid_alive, run, start, tmpfs_paths, wait_for)
 
 PYTHONS = ('py3', 'py27')
 
@@ -433,12 +433,8 @@ def test_sigkill_of_isolate_exec_kills_the_run(caller, scratch):
                'time.sleep(1000)\n' % pidfile], caller=caller)
     wait_for(lambda: os.path.exists(pidfile) and os.path.getsize(pidfile), what='pid file')
     # the pid file holds the pid inside the namespace: find the host pids
-    children = subprocess.check_output(['ps', '-o', 'pid=', '--ppid', str(p.pid)]).split()
-    run_pids = [int(x) for x in children]
-    for pid in list(run_pids):
-        run_pids += [int(x) for x in subprocess.check_output(
-            ['sh', '-c', 'ps -o pid= --ppid %d; true' % pid]).split()]
-    assert len(run_pids) >= 2
+    run_pids = descendants(p.pid)
+    assert len(run_pids) >= 3  # the supervisor, python, its setsid child
     p.kill()
     p.wait()
     wait_for(lambda: not any(pid_alive(pid) for pid in run_pids), timeout=1,

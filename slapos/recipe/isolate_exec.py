@@ -57,6 +57,7 @@ PRIVATE_TMPFS = (
 # setuptools for wheels) writes into installed eggs an __init__.py that
 # imports pkg_resources: ~130 ms and ~17 MiB at each start.
 NAMESPACE_SETUP = '''\
+import os, sys
 for _name in ('slapos', 'slapos.recipe'):
     if _name not in sys.modules:  # not set up yet (pkg_resources, a .pth file)
         _sub = os.path.join(*_name.split('.'))
@@ -1684,16 +1685,18 @@ def run_wrapper(command, environment=None, tmpfs=(), userns='auto', strict=False
     else:
         os.environ.update(environment or {})
         code = execute(opts)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    _exit(code)
 
 
 def console_main():
-    """The isolate-exec command: main(), then exit without the interpreter's
-    shutdown (~2 ms; everything was written with os.write) nor waiting for the
-    supervisor's exit (its parent after us reaps it)."""
-    code = _main(None)
+    """The isolate-exec command: main(), then _exit()."""
+    _exit(_main(None))
+
+
+def _exit(code):
+    """Exit without the interpreter's shutdown (~2 ms; everything was
+    written with os.write) nor waiting for the supervisor's exit (its parent
+    after us reaps it)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

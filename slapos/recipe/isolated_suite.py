@@ -177,13 +177,21 @@ class Suite(object):
         self.cases = dict(cases)
         self.names = [name for name, _ in cases]
         self.environment = environment
-        self.tmpfs = tmpfs
-        self.userns = userns
         self.strict = strict
-        self.kill_timeout = kill_timeout
         self.cancelled = None   # why the run stopped early
         self.current = None     # the isolate-exec process of the running case
         self.results = []       # status words
+        # The runner's own interpreter, with the runtime's sys.path entry:
+        # re-running sys.executable alone would lose buildout's sys.path (and
+        # without site, as the wrapper: ~7 ms less per case).
+        root = os.path.dirname(os.path.dirname(os.path.dirname(
+            os.path.abspath(isolate_exec.__file__))))
+        self.isolate_exec = [sys.executable, '-S', '-c', 'import sys\nsys.path[0:0] = %r\n%s'
+                             'from slapos.recipe.isolate_exec import console_main\nconsole_main()'
+                             % ([root], isolate_exec.NAMESPACE_SETUP)]
+        for path, options in tmpfs:
+            self.isolate_exec += ['--tmpfs', '%s:%s' % (path, options)]
+        self.isolate_exec += ['--userns', userns, '--kill-timeout', repr(kill_timeout)]
 
     def on_signal(self, signum, frame):
         """SIGINT/SIGTERM: stop the current case (its report is still printed),
@@ -195,19 +203,12 @@ class Suite(object):
             except OSError:
                 pass
 
-    def isolate_exec_argv(self, report):
-        # The runner's own interpreter, with the runtime's sys.path entry:
-        # re-running sys.executable alone would lose buildout's sys.path (and
-        # without site, as the wrapper: ~7 ms less per case).
-        root = os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(isolate_exec.__file__))))
-        argv = [sys.executable, '-S', '-c', 'import os, sys\nsys.path[0:0] = %r\n%s\n'
-                'from slapos.recipe.isolate_exec import console_main\nconsole_main()'
-                % ([root], isolate_exec.NAMESPACE_SETUP)]
-        for path, options in self.tmpfs:
-            argv += ['--tmpfs', '%s:%s' % (path, options)]
-        return argv + ['--userns', self.userns, '--kill-timeout', repr(self.kill_timeout),
-                       '--report', report, '--']
+    def cancel_by_master(self):
+        """The master says the run was cancelled: stop the current case, if
+        any, and skip the rest."""
+        emit(u'# master asks to cancel test run')
+        self.on_signal(signal.SIGTERM, None)
+        self.cancelled = 'by the master'
 
     def run_case(self, name, test_result, report_dir, log_directory):
         """Run one case, tee its output, return what the master is told."""
@@ -219,7 +220,8 @@ class Suite(object):
         env = dict(os.environ, PYTHONUNBUFFERED='y')  # see output as it comes
         env.update(self.environment)
         start = time.time()
-        out, err, returncode = self.tee(self.isolate_exec_argv(report) + argv, env, test_result)
+        out, err, returncode = self.tee(self.isolate_exec + ['--report', report, '--'] + argv,
+                                        env, test_result)
         end = time.time()
         status = case_status(returncode, out, err)
         leaked = self.read_report(report, name, log_directory)
@@ -301,9 +303,7 @@ class Suite(object):
                 if not exited and time.time() >= next_poll:
                     next_poll = time.time() + MASTER_POLL_INTERVAL
                     if not test_result.isAlive():
-                        emit(u'# master asks to cancel test run')
-                        self.on_signal(signal.SIGTERM, None)
-                        self.cancelled = 'by the master'
+                        self.cancel_by_master()
             returncode = proc.wait()
             out = b''.join(outputs[proc.stdout.fileno()][1])
             err = b''.join(outputs[proc.stderr.fileno()][1])
@@ -324,8 +324,7 @@ class Suite(object):
         try:
             while self.cancelled is None:
                 if self.results and not test_result.isAlive():
-                    emit(u'# master asks to cancel test run')
-                    self.cancelled = 'by the master'
+                    self.cancel_by_master()
                     break
                 line = test_result.start()
                 if not line:

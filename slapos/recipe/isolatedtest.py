@@ -140,8 +140,8 @@ class BaseRecipe(object):
             path=[options['develop-eggs-directory']],
             newest=options.get('newest') == 'true',
             allow_hosts=tuple(options.get('allow-hosts', '*').split()))
-        self._import_runtime([dist.location for dist in working_set], self.module)
         text = self._script_text(name, function, args, working_set)
+        self._import_runtime(text)
         try:
             with open(self.wrapper_path) as f:
                 changed = f.read() != text
@@ -156,24 +156,24 @@ class BaseRecipe(object):
             self.logger.info('Generated script %r.', self.wrapper_path)
         return [self.wrapper_path]
 
-    def _import_runtime(self, path, module):
-        """Import the runtime once as the wrapper will (its interpreter, -S,
-        the same sys.path): this checks that it can, and writes its byte-code, which the test user may not be
+    def _import_runtime(self, text):
+        """Run the wrapper's text up to its call (its interpreter, -S, as a
+        module not named __main__): this checks that it imports the runtime,
+        and writes the runtime's byte-code, which the test user may not be
         allowed to write later (a develop egg is not byte-compiled, and the
         software's files are not the instance user's): without it every start
         would compile the module again (~14 ms)."""
         env = dict(os.environ)
         env.pop('PYTHONDONTWRITEBYTECODE', None)
         proc = subprocess.Popen(
-            [self.python, '-S', '-c', 'import os, sys\nsys.path[0:0] = %r\n%s\nimport %s'
-             % (path, isolate_exec.NAMESPACE_SETUP, module)],
+            [self.python, '-S', '-c', '__name__ = "isolatedtest-check"\n' + text],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         _, err = proc.communicate()
         if proc.returncode:
             reason = (err.decode('utf-8', 'replace').strip().splitlines() or ['exit status %d'
                       % proc.returncode])[-1]
             raise self._error('python', '%s cannot import %s: %s'
-                              % (self.python, module, reason))
+                              % (self.python, self.module, reason))
 
     def _script_text(self, name, function, args, working_set):
         # zc.buildout writes scripts for its own interpreter only (it asserts
@@ -201,7 +201,7 @@ class BaseRecipe(object):
     def _initialization(self):
         return ('# Kept minimal: all behaviour lives in %s.\n'
                 '# slapos and slapos.recipe without pkg_resources (see NAMESPACE_SETUP):\n'
-                'import os\n%s' % (self.module, isolate_exec.NAMESPACE_SETUP))
+                '%s' % (self.module, isolate_exec.NAMESPACE_SETUP))
 
     def install(self):
         return self.write_wrapper(*self.wrapper_arguments())
