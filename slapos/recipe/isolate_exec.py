@@ -15,15 +15,22 @@ How a run is laid out (isolated mode)::
 
   isolate-exec (host namespaces: parses options, forwards signals, reports)
    `- supervisor: clone(CLONE_NEWUSER|CLONE_NEWNS|CLONE_NEWPID), so pid 1 of
-      a new pid namespace; it sets up the mounts, starts the command, reaps
-      orphans, then lists and kills leaked processes, diffs the mount table
-      and walks the private tmpfs; it sends all that back through a pipe
-       `- COMMAND (own process group; non-root: CAP_SYS_ADMIN only)
+      a new pid namespace; it sets up the mounts (private tmpfs, user
+      database, /proc), keeps file descriptors of the tmpfs roots and of /proc,
+      starts the command, reaps orphans, then diffs the command's mount table,
+      kills leaked processes and walks the private tmpfs; it streams all that
+      back through a pipe (the lifeline)
+       `- COMMAND: in a mount namespace of its own (and, for a non-root
+          caller, a user namespace of its own, with CAP_SYS_ADMIN only), so
+          that every mount set up above is locked for it: it cannot unmount
+          them and uncover the host's /tmp, nor touch what the supervisor reads
 
 When the supervisor exits, the kernel kills whatever is left in its pid
-namespace and frees the private tmpfs with the mount namespace. If the setup
-fails, the supervisor reports the failing step and exits; isolate-exec then
-runs the command in fallback mode (private TMPDIR, child subreaper).
+namespace and frees the private tmpfs with the mount namespaces. If the setup
+fails before the command starts, the supervisor says why and exits;
+isolate-exec then runs the command in fallback mode: a supervisor that is a
+plain child (private TMPDIR, child subreaper). Once the command has started,
+nothing leads to a fallback: a failure is isolate-exec's own (exit 125).
 """
 import _ctypes  # the core of ctypes: see "C functions" below
 import errno
@@ -74,8 +81,17 @@ EXIT_FAILURE = 125      # isolate-exec itself failed (or --userns require)
 EXIT_CANNOT_EXEC = 126  # the command exists but cannot be executed
 EXIT_NOT_FOUND = 127    # the command was not found
 
-# Text reports list at most this many files; the JSON report has all.
-MAX_FILE_LINES = 100
+# Bounds of the report, whatever the command does: the text report prints at
+# most MAX_LINES lines of each kind (files, processes, mounts, unreadable
+# directories); the JSON report keeps file names up to MAX_NAME_BYTES in all
+# and MAX_ITEMS processes, mounts and unreadable directories, and says what
+# it cut (its "truncated" and "counts"); a process's argv is cut at
+# MAX_ARGV_BYTES, and a text line at MAX_LINE_BYTES.
+MAX_LINES = 100
+MAX_LINE_BYTES = 4096
+MAX_NAME_BYTES = 8 << 20
+MAX_ITEMS = 1000
+MAX_ARGV_BYTES = 4096
 
 USAGE = """\
 usage: isolate-exec [OPTIONS] [--] COMMAND [ARG...]
@@ -94,9 +110,10 @@ options:
   --userns MODE   auto (default): isolate when possible, else fall back;
                   require: refuse to run COMMAND without isolation;
                   off: run in fallback mode on purpose
-  --report FILE   write a JSON report of the run to FILE
-  --strict        exit with status 3 when anything leaked, even if COMMAND
-                  succeeded
+  --report FILE   write a JSON report of the run to FILE (a device or a pipe
+                  is written in place)
+  --strict        exit with status 3 when anything leaked and COMMAND
+                  succeeded (a failing COMMAND keeps its own status)
   --kill-timeout SECONDS
                   grace between SIGTERM and SIGKILL for leaked processes
                   (default 5)
@@ -107,10 +124,12 @@ options:
 
 isolation: a non-root caller keeps its uid and gid in a new user namespace
 that maps only them; COMMAND runs with CAP_SYS_ADMIN only (mount and FUSE
-work, file permissions still apply), and /etc/passwd and /etc/group list only
-the caller, root, nobody, nogroup and disk. A root caller gets mount and pid
-namespaces and keeps all of root's powers. Mounts never propagate to the host.
-TMPDIR, TMP and TEMP, when set outside the private mounts, are set to /tmp.
+work, file permissions still apply), cannot unmount the private mounts, and
+/etc/passwd and /etc/group list only the caller, root, nobody, nogroup and
+disk. A root caller gets mount and pid namespaces and keeps all of root's
+powers. Mounts never propagate to the host. TMPDIR, TMP and TEMP, when set
+outside the private mounts or to a directory missing there, are set to /tmp.
+Without size=, each tmpfs may grow to half of the RAM: give sizes.
 
 fallback: when user namespaces do not work (they are probed by doing the
 real setup), isolate-exec prints '# user namespaces not available (REASON)'
@@ -125,7 +144,9 @@ report lines (stderr, after COMMAND's output):
 
 exit status: COMMAND's own; 128+N if it died of signal N; 126 if it cannot
 be executed; 127 if it is not found; 2 for a usage error; 3 for leaks with
---strict; 125 if isolate-exec itself fails or --userns require cannot be met.
+--strict; 125 if isolate-exec itself fails or --userns require cannot be met
+(after COMMAND ran, a failed leak check gives 125 if COMMAND succeeded, its
+own status if not, and an "isolate-exec: ..." line).
 """
 
 
@@ -134,13 +155,40 @@ class UsageError(Exception):
 
 
 class SetupError(Exception):
-    """An isolation step failed; str() names the step, the path and the reason."""
+    """An isolation step failed, before the command started; str() names the
+    step, the path and the reason. unavailable: the kernel or its confinement
+    refuses the step here (seccomp, AppArmor, sysctls, no user namespaces):
+    fall back; otherwise it is isolate-exec's own failure (exit 125), e.g. a
+    tmpfs option the kernel rejects."""
+
+    def __init__(self, message, unavailable=False):
+        Exception.__init__(self, message)
+        self.unavailable = unavailable
 
 
-def _os_error(what, err=None):
+# errno values by which a kernel or its confinement refuses namespaces or
+# mounts: EPERM (seccomp, no CAP_SYS_ADMIN, Debian's unprivileged_userns_clone
+# = 0), EACCES (AppArmor), ENOSPC (max_user_namespaces reached, or 0),
+# EUSERS (the same before Linux 4.9), EINVAL (RHEL 7 kernels without
+# user_namespace.enable=1), ENOSYS.
+REFUSALS = (errno.EPERM, errno.EACCES, errno.ENOSPC, errno.EUSERS, errno.EINVAL, errno.ENOSYS)
+
+
+def _os_error(what, err=None, refusals=(errno.EPERM, errno.EACCES)):
     if err is None:
         err = _ctypes.get_errno()
-    return SetupError('%s: %s' % (what, os.strerror(err)))
+    return SetupError('%s: %s' % (what, os.strerror(err)), err in refusals)
+
+
+def describe(exc):
+    """One line for an unexpected exception: its type and message."""
+    if isinstance(exc, EnvironmentError) and exc.errno:
+        text = os.strerror(exc.errno)
+        if getattr(exc, 'filename', None):
+            text = '%s: %s' % (exc.filename, text)
+    else:
+        text = str(exc)
+    return '%s: %s' % (type(exc).__name__, text) if text else type(exc).__name__
 
 
 # -- bytes and text ----------------------------------------------------------
@@ -169,18 +217,36 @@ _PLAIN = bytes(bytearray(c for c in range(0x20, 0x7f) if c != 0x5c))
 _ESCAPES = {0x5c: '\\\\', 0x0a: '\\n', 0x09: '\\t', 0x0d: '\\r'}
 
 
-def escape_name(name):
-    """Return file name bytes as one unambiguous line: backslash, control
-    characters and invalid UTF-8 bytes are written as escapes (\\n, \\xff)."""
-    if not name.translate(None, _PLAIN):
+def _unsafe(ch):
+    """Characters that must not reach a terminal or a log raw: control
+    characters (ESC starts terminal sequences), and format characters such as
+    the bidi overrides (U+202E shows a name reversed) or zero-width ones."""
+    c = ord(ch)
+    if c < 0x20 or 0x7f <= c < 0xa0:
+        return True
+    if c < 0xa0:
+        return False
+    if PY2:
+        import unicodedata
+        return unicodedata.category(ch)[0] in 'CZ' and ch != u' '
+    return not ch.isprintable()
+
+
+def escape_name(name, backslash=True):
+    """Return name bytes as one unambiguous, harmless line: control and format
+    characters and invalid UTF-8 bytes are written as escapes (\\n, \\x1b,
+    \\u202e, \\xff), and so is the backslash itself (unless backslash is
+    False: mountinfo lines have their own octal escapes, \\134 for it)."""
+    if not name.translate(None, _PLAIN if backslash else _PLAIN + b'\\'):
         return name
+    escapes = _ESCAPES if backslash else dict((k, v) for k, v in _ESCAPES.items() if k != 0x5c)
     try:
         chars = name.decode('utf-8')
     except UnicodeDecodeError:
         out = []
         for c in bytearray(name):
-            if c in _ESCAPES:
-                out.append(_ESCAPES[c])
+            if c in escapes:
+                out.append(escapes[c])
             elif 0x20 <= c < 0x7f:
                 out.append(chr(c))
             else:
@@ -189,17 +255,22 @@ def escape_name(name):
     out = []
     for ch in chars:
         c = ord(ch)
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-        elif c < 0x20 or 0x7f <= c < 0xa0 or c in (0x2028, 0x2029):
-            out.append('\\x%02x' % c if c < 0x100 else '\\u%04x' % c)
-        else:
+        if c in escapes:
+            out.append(escapes[c])
+        elif c >= 0x20 and c != 0x7f and (c < 0x80 or not _unsafe(ch)):
             out.append(ch)
+        elif c < 0x100:
+            out.append(u'\\x%02x' % c)
+        elif c < 0x10000:
+            out.append(u'\\u%04x' % c)
+        else:
+            out.append(u'\\U%08x' % c)
     return u''.join(out).encode('utf-8')
 
 
-def write_all(fd, data):
-    """Write all of data to fd; give up silently if fd is gone (EPIPE, EBADF)."""
+def write_all(fd, data, errors=False):
+    """Write all of data to fd; give up silently if fd is gone (EPIPE, EBADF),
+    unless errors is true (then raise OSError)."""
     view = memoryview(data)
     while view:
         try:
@@ -207,6 +278,8 @@ def write_all(fd, data):
         except OSError as e:
             if e.errno == errno.EINTR:
                 continue
+            if errors:
+                raise
             return
 
 
@@ -375,6 +448,10 @@ def parse_args(argv):
                 if i == len(argv):
                     raise UsageError('option %s needs a value' % name)
                 value = argv[i]
+                if value.startswith('-') and value[1:2] not in ('', '.') and not value[1].isdigit():
+                    # "--report --strict": a forgotten value, not a file name
+                    raise UsageError('option %s needs a value, not %r (give %s=%s if '
+                                     'that is meant)' % (name, value, name, value))
             if name == '--tmpfs':
                 path, _, options = value.partition(':')
                 opts.tmpfs_specs.append((path, options))
@@ -392,6 +469,8 @@ def parse_args(argv):
     opts.command = argv[i:]
     if not opts.command and not opts.probe:
         raise UsageError('no command given')
+    if opts.command and not opts.command[0]:
+        raise UsageError('empty command name')
     opts.tmpfs = make_tmpfs_table(opts.tmpfs_specs)
     return opts
 
@@ -437,6 +516,7 @@ CAP_SYS_ADMIN = 21
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 O_CLOEXEC = getattr(os, 'O_CLOEXEC', 0o2000000)
 O_DIRECTORY = getattr(os, 'O_DIRECTORY', 0o200000)
+O_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0o400000)
 
 # clone(2) has no libc wrapper that returns like fork, so it is called as a raw
 # system call; its number and argument order depend on the architecture. With
@@ -544,7 +624,7 @@ def clone_into_namespaces(flags):
         c_function('PyOS_AfterFork_Parent', _PythonFunction)()
     if pid < 0:
         raise _os_error('create %s namespace' % ('user' if flags & CLONE_NEWUSER else 'mount'),
-                        err)
+                        err, REFUSALS)
     return pid
 
 
@@ -554,12 +634,93 @@ def mount(source, target, fstype, flags, data, what):
         raise _os_error(what)
 
 
+def enter_mount_namespace(fd, what):
+    """setns(2) into the mount namespace open as fd (Linux 3.8): the caller
+    needs CAP_SYS_ADMIN in the user namespace owning it, which the supervisor
+    has over the command's (it is in the parent user namespace, with the
+    owner's uid); it also gets that namespace's root and working directory."""
+    if c_function('setns')(fd, CLONE_NEWNS) < 0:
+        raise _os_error(what)
+
+
+class _Char(_ctypes._SimpleCData):
+    _type_ = 'c'
+
+
+class _Statx(_ctypes.Array):
+    _type_ = _Char
+    _length_ = 256  # sizeof(struct statx)
+
+
+STATX_MNT_ID = 0x1000  # Linux 5.8, commit fa2fcf4f1df1
+AT_EMPTY_PATH = 0x1000
+
+
+def mount_id(fd):
+    """-> the id of the mount fd is on (statx STATX_MNT_ID), or None where the
+    kernel or libc (glibc < 2.28) cannot tell. Unlike st_dev, it tells a bind
+    mount of the same file system from the directory it is mounted on."""
+    buf = _Statx()
+    try:
+        statx = c_function('statx')
+    except AttributeError:
+        return None
+    if statx(fd, b'', AT_EMPTY_PATH, STATX_MNT_ID, buf) < 0:
+        return None
+    raw = bytearray(buf.raw)
+    if not (raw[0] | raw[1] << 8) & STATX_MNT_ID:  # stx_mask: not filled in
+        return None
+    return sum(raw[144 + i] << (8 * i) for i in range(8))  # stx_mnt_id
+
+
+def make_pipe():
+    """A close-on-exec pipe whose ends are not 0, 1 or 2: with the standard
+    streams closed, os.pipe() would return them, and a warning written to
+    fd 2 would go into the pipe."""
+    ends = []
+    for fd in os.pipe():
+        if fd <= 2:
+            import fcntl
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
+            os.close(fd)
+            fd = new
+        _set_cloexec(fd)
+        ends.append(fd)
+    return ends
+
+
+def _set_cloexec(fd):
+    import fcntl
+    flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+    if not flags & fcntl.FD_CLOEXEC:  # Python 3's fds already are (PEP 446)
+        fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
+
+
+def occupy_closed_stdio():
+    """Open /dev/null on the standard file descriptors that are closed, so
+    that no file or pipe of ours gets them (a warning would go there); the
+    command gets them closed again. -> the closed ones"""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+    return closed
+
+
 # -- isolation steps (run by the supervisor, in its new namespaces) -----------
 
-def set_parent_death_signal(lifeline):
-    """Die with SIGKILL when isolate-exec dies; as pid 1 this kills the whole
-    run. The parent may have died before prctl: writing to its pipe tells."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL, what='prctl PR_SET_PDEATHSIG')
+def set_parent_death_signal(lifeline, signum):
+    """Get signum when isolate-exec dies: SIGKILL for the pid-1 supervisor,
+    which kills the whole run. The parent may have died before prctl:
+    writing to its pipe tells."""
+    prctl(PR_SET_PDEATHSIG, signum, what='prctl PR_SET_PDEATHSIG')
     try:
         os.write(lifeline, b'+')
     except OSError:  # EPIPE: isolate-exec is gone
@@ -575,7 +736,7 @@ def map_caller_ids(uid, gid):
                        ('gid_map', '%d %d 1' % (gid, gid))):
         path = '/proc/self/' + name
         try:
-            fd = os.open(path, os.O_WRONLY)
+            fd = os.open(path, os.O_WRONLY | O_CLOEXEC)
             try:
                 os.write(fd, line.encode('ascii'))
             finally:
@@ -614,19 +775,27 @@ def in_private_mount(path, tmpfs):
     return any(path == entry.path or path.startswith(entry.path + '/') for entry in tmpfs)
 
 
+def _open_directory(path, what):
+    try:
+        return os.open(path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    except OSError as e:
+        raise _os_error('%s %s' % (what, path), e.errno, ())
+
+
 def mount_private_tmpfs(entry):
-    """Mount a fresh tmpfs on entry.path. -> fd of its root"""
+    """Mount a fresh tmpfs on entry.path. -> fd of its root, which the leak
+    walk starts from (whatever the command stacks on the path later)"""
     if not os.path.isdir(entry.path):  # inside a private tmpfs mounted before
         try:
             os.makedirs(entry.path)
         except OSError as e:
-            raise _os_error('create %s' % entry.path, e.errno)
+            raise _os_error('create %s' % entry.path, e.errno, ())
     mount('tmpfs', entry.path, 'tmpfs', entry.flags, ','.join(entry.data) or None,
           'mount tmpfs on %s' % entry.path)
-    try:
-        return os.open(entry.path, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    except OSError as e:
-        raise _os_error('open %s' % entry.path, e.errno)
+    return _open_directory(entry.path, 'open')
+
+
+_SAFE_NAME = frozenset('abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-')
 
 
 def minimal_user_database(uid, gid):
@@ -659,7 +828,12 @@ def minimal_user_database(uid, gid):
         if line.split(':')[0] not in [g.split(':')[0] for g in groups]:
             groups.append(line)
 
-    name = os.environ.get('USER') or os.environ.get('LOGNAME') or 'user%d' % uid
+    # An id without an entry gets one named after $USER, if that is a plain
+    # name: the environment is the caller's to set, the database is not (a
+    # ':' or a newline would add fields or users).
+    name = os.environ.get('USER') or os.environ.get('LOGNAME') or ''
+    if not (name and set(name) <= _SAFE_NAME and not name.startswith('-') and len(name) <= 32):
+        name = 'user%d' % uid
     user(uid, '%s:x:%d:%d::/:/bin/sh\n' % (name, uid, gid))
     user('root', 'root:x:0:0:root:/root:/bin/sh\n')
     user('nobody', 'nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n')
@@ -673,12 +847,12 @@ def minimal_user_database(uid, gid):
 
 def bind_minimal_user_database(uid, gid, scratch):
     """Bind-mount minimal /etc/passwd and /etc/group over the host's files."""
-    # The source files live on a small tmpfs mounted on scratch, then lazily
-    # unmounted: the bind mounts keep it alive and nothing shows in /tmp. The
-    # files must not be unlinked: a bind mount of a deleted file cannot be
-    # mounted over, and a nested isolate-exec would then fail.
+    # The source files live on a small tmpfs mounted on scratch (the host's
+    # /tmp, which the private /tmp then covers), then lazily unmounted: the
+    # bind mounts keep it alive, and nothing is created anywhere. The files
+    # must not be unlinked: a bind mount of a deleted file cannot be mounted
+    # over, and a nested isolate-exec would then fail.
     passwd, group = minimal_user_database(uid, gid)
-    os.mkdir(scratch, 0o700)
     mount('tmpfs', scratch, 'tmpfs', TMPFS_DEFAULT_FLAGS | MS_NOEXEC, 'size=64k,mode=755',
           'mount tmpfs on %s' % scratch)
     for name, content in (('passwd', passwd), ('group', group)):
@@ -686,28 +860,48 @@ def bind_minimal_user_database(uid, gid, scratch):
         if not os.path.exists(target):
             continue
         source = os.path.join(scratch, name)
-        with open(source, 'w') as f:
-            f.write(content)
-        os.chmod(source, 0o644)
+        try:
+            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o644)
+            try:
+                write_all(fd, content.encode('utf-8'), errors=True)
+                os.fchmod(fd, 0o644)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _os_error('write %s' % source, e.errno, ())
         mount(source, target, None, MS_BIND, None, 'bind %s on %s' % (source, target))
     if c_function('umount2')(fsencode(scratch), MNT_DETACH) < 0:
         raise _os_error('umount %s' % scratch)
-    os.rmdir(scratch)
 
 
 def mount_private_proc():
-    """Mount a /proc that shows only the new pid namespace."""
+    """Mount a /proc that shows only the new pid namespace. -> fd of it: the
+    supervisor reads processes and mount tables through it, whatever the
+    command mounts on /proc later."""
     # Allowed only with CAP_SYS_ADMIN in the user namespace owning the pid
     # namespace, and only if no locked mount hides part of the host's /proc
     # (fs/namespace.c mount_too_revealing(): docker's masked paths make it fail).
     mount('proc', '/proc', 'proc', MS_NOSUID | MS_NODEV | MS_NOEXEC, None, 'mount proc on /proc')
+    return _open_directory('/proc', 'open')
+
+
+def look_up_working_directory(run):
+    """A working directory inside a private mount still is the host's directory
+    under it: look it up again, or relative paths would write to the host.
+    Any other is left as it is (the caller may be unable to look it up)."""
+    if run.cwd is not None and in_private_mount(run.cwd, run.tmpfs):
+        try:
+            os.chdir(run.cwd)
+        except OSError as e:
+            raise SetupError('working directory %s: %s (hidden by a private tmpfs)'
+                             % (run.cwd, os.strerror(e.errno)))
 
 
 def drop_to_sys_admin():
     """Make the command keep exactly CAP_SYS_ADMIN across exec, for a non-zero
     uid in a user namespace (capabilities(7): only ambient capabilities survive
     execve for it), so that mount and FUSE work while file permissions still
-    apply (no CAP_DAC_OVERRIDE). The supervisor keeps its own full set."""
+    apply (no CAP_DAC_OVERRIDE)."""
     class CapHeader(_ctypes.Structure):
         _fields_ = [('version', _UInt32), ('pid', _Int)]
 
@@ -730,8 +924,8 @@ def drop_to_sys_admin():
 
 
 def set_child_subreaper():
-    """Fallback mode: orphaned descendants (double fork, setsid) become our
-    children, so they can be found and killed after the command (Linux 3.4)."""
+    """Fallback mode: orphaned descendants (double fork, setsid) become the
+    supervisor's children, so they can be found and killed (Linux 3.4)."""
     prctl(PR_SET_CHILD_SUBREAPER, 1, what='prctl PR_SET_CHILD_SUBREAPER')
 
 
@@ -740,10 +934,16 @@ def set_child_subreaper():
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _forward_to = None      # pid the forwarded signals go to
 _pending_signal = None  # a signal received before there was anyone to forward it to
+_orphaned = None        # fallback supervisor: (parent pid, kill timeout)
 
 
 def _forward_signal(signum, frame):
     global _pending_signal
+    if _orphaned is not None and os.getppid() != _orphaned[0]:
+        # isolate-exec is gone (PR_SET_PDEATHSIG): the command gets SIGTERM,
+        # then SIGKILL after the kill timeout, and the supervisor cleans up
+        signal.signal(signal.SIGALRM, _kill_command)
+        signal.alarm(max(1, int(_orphaned[1] + 0.999)))
     if _forward_to is None:
         _pending_signal = signum
         return
@@ -751,6 +951,14 @@ def _forward_signal(signum, frame):
         os.kill(_forward_to, signum)
     except OSError:
         pass
+
+
+def _kill_command(signum, frame):
+    if _forward_to is not None:
+        try:
+            os.kill(_forward_to, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def forward_signals_to(pid):
@@ -766,7 +974,12 @@ def forward_signals_to(pid):
 def install_signal_forwarding(undo):
     """Install the forwarding handlers, before any child exists: a pid-1
     supervisor receives only signals it has a handler for. Signals ignored by
-    our caller (nohup) stay ignored, for us and the command."""
+    our caller (nohup) stay ignored, for us and the command. SIGCHLD ignored
+    by the caller would make the kernel reap our children itself (waitpid
+    fails with ECHILD): it gets its default."""
+    if signal.getsignal(signal.SIGCHLD) == signal.SIG_IGN:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        undo.register(signal.signal, signal.SIGCHLD, signal.SIG_IGN)
     for signum in FORWARDED_SIGNALS:
         previous = signal.getsignal(signum)
         if previous != signal.SIG_IGN:
@@ -803,63 +1016,34 @@ def give_terminal_to(pgrp):
         signal.signal(signal.SIGTTOU, previous)
 
 
-def spawn_command(argv, env, foreground):
-    """Start argv with default signal dispositions. With foreground, it gets a
-    process group of its own and the terminal, so that Ctrl-C reaches it once
-    instead of every process of the chain; otherwise it stays in our group,
-    not leading one, so that it may call setsid() itself. -> pid"""
-    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec.
-    sigdef = (signal.SIGPIPE, signal.SIGXFSZ)
-    spawn = getattr(os, 'posix_spawnp', None)  # Python 3.8+
-    if spawn is not None and not foreground:
-        return spawn(argv[0], argv, env, setsigdef=sigdef)
-    err_r, err_w = os.pipe()
-    for fd in (err_r, err_w):  # Python 2's pipes are inheritable
-        _set_cloexec(fd)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(err_r)
-            if foreground:
-                os.setpgid(0, 0)
-                give_terminal_to(os.getpid())
-            for signum in sigdef:
-                signal.signal(signum, signal.SIG_DFL)
-            os.execvpe(argv[0], argv, env)
-        except OSError as e:
-            os.write(err_w, str(e.errno).encode('ascii'))
-        finally:
-            os._exit(EXIT_NOT_FOUND)
-    os.close(err_w)
-    if foreground:
-        try:
-            os.setpgid(pid, pid)  # also here, so the group exists when we return
-        except OSError:
-            pass
+def exec_command(run, env, report_fd):
+    """In the command's process: exec it with default signal dispositions and
+    the standard streams the caller had closed closed again. Never returns;
+    an exec failure is written to report_fd as b'X<errno>\\n'."""
     try:
-        err = _read_all(err_r)
-    finally:
-        os.close(err_r)
-    if err:
-        _waitpid(pid, 0)
-        code = int(err)
-        raise OSError(code, os.strerror(code))
-    return pid
-
-
-def start_command(argv, env, foreground):
-    """Start the command. -> (pid, None), or (None, exit code) after printing
-    why it could not be executed (127: not found, 126: other reasons)."""
-    try:
-        return spawn_command(argv, env, foreground), None
+        # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec.
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(signum, signal.SIG_DFL)
+        for fd in run.closed_stdio:
+            os.close(fd)
+        os.execvpe(run.command[0], run.command, env)
     except OSError as e:
-        err = e.errno
-        if err == errno.EACCES and '/' not in argv[0] and not _on_path(argv[0], env):
-            # execvp says EACCES when a PATH directory cannot be searched
-            # (e.g. /root/... for nobody), even if the command is nowhere.
-            err = errno.ENOENT
-        warn('%s: %s: %s' % (PROG, argv[0], os.strerror(err)))
-        return None, EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_CANNOT_EXEC
+        write_all(report_fd, b'X%d\n' % e.errno)
+    except BaseException:
+        write_all(report_fd, b'X%d\n' % errno.ENOEXEC)
+    finally:
+        os._exit(EXIT_NOT_FOUND)
+
+
+def exec_failure(run, env, err):
+    """Print why the command could not be executed. -> 127 or 126"""
+    argv0 = run.command[0]
+    if err == errno.EACCES and '/' not in argv0 and not _on_path(argv0, env):
+        # execvp says EACCES when a PATH directory cannot be searched (e.g.
+        # /root/... for nobody), even if the command is nowhere.
+        err = errno.ENOENT
+    warn('%s: %s: %s' % (PROG, argv0, os.strerror(err)))
+    return EXIT_NOT_FOUND if err == errno.ENOENT else EXIT_CANNOT_EXEC
 
 
 def _on_path(name, env):
@@ -867,10 +1051,13 @@ def _on_path(name, env):
                for d in env.get('PATH', os.defpath).split(':'))
 
 
-def _set_cloexec(fd):
-    if PY2:
-        import fcntl
-        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+def _read_tokens(fd):
+    """Read fd to EOF. -> {letter: int} from the b'<letter><number>\\n' tokens"""
+    tokens = {}
+    for token in _read_all(fd).split(b'\n'):
+        if token[1:].isdigit():
+            tokens[token[:1]] = int(token[1:])
+    return tokens
 
 
 def _read_all(fd):
@@ -905,18 +1092,169 @@ def wait_command(pid):
             return status
 
 
-def has_children():
-    """Reap exited children; tell whether any child is still running. As pid 1
-    or a subreaper, every live descendant has an ancestor among our children."""
+def reap_children():
+    """Reap the children that exited (as pid 1 or a subreaper, orphans too)."""
     while True:
         try:
             pid, _ = _waitpid(-1, os.WNOHANG)
         except OSError as e:
             if e.errno == errno.ECHILD:
-                return False
+                return
             raise
         if pid == 0:
-            return True
+            return
+
+
+class IsolatedCommand(object):
+    """The command's process in the isolated mode: forked into a mount
+    namespace of its own (and a user namespace of its own for a non-root
+    caller), set up, and waiting for go()."""
+
+    def __init__(self, run, env, proc_fd):
+        # Every mount the supervisor made is copied into the command's mount
+        # namespace. For a non-root caller that namespace belongs to a new,
+        # less privileged user namespace, so the copies are locked
+        # (mount_namespaces(7); Linux 3.12, commit 5ff9d8a65ce8 "vfs: Lock in
+        # place mounts from more privileged users"): umount(2) of one of them
+        # fails with EINVAL, and so does a non-recursive bind mount of a
+        # directory they are mounted under. The command cannot uncover the
+        # host's /tmp, /dev/shm or /proc beneath them. The command's
+        # CAP_SYS_ADMIN is then its own namespace's only: it mounts (tmpfs,
+        # FUSE) there, while the supervisor keeps reading its own /proc.
+        self.run, self.env = run, env
+        flags = CLONE_NEWNS | (CLONE_NEWUSER if run.userns else 0)
+        sync_r, sync_w = make_pipe()
+        go_r, go_w = make_pipe()
+        try:
+            pid = clone_into_namespaces(flags)
+        except SetupError as e:
+            for fd in (sync_r, sync_w, go_r, go_w):
+                os.close(fd)
+            e.args = ("the command's %s" % e.args[0],)
+            raise
+        if pid == 0:
+            os.close(sync_r)
+            os.close(go_w)
+            self._child(sync_w, go_r)  # does not return
+        os.close(sync_w)
+        os.close(go_r)
+        self.pid, self.sync_r, self.go_w = pid, sync_r, go_w
+        try:
+            ready = os.read(sync_r, 1 << 12)
+            if ready != b'R':
+                raise self._child_error(ready)
+            # Its mount namespace, kept open to be entered after it exited,
+            # and the baseline of the mount diff, read through our /proc.
+            os.fchdir(proc_fd)
+            self.mount_ns = _open_directory_entry('%d/ns/mnt' % pid, "the command's mount namespace")
+            self.mounts_before = _read_proc_file('%d/mountinfo' % pid)
+        except BaseException:
+            self.quit()
+            raise
+
+    def _child(self, sync_w, go_r):
+        """The command's process: set up, say so, wait for go, exec."""
+        try:
+            run = self.run
+            if run.userns:
+                map_caller_ids(run.uid, run.gid)
+                drop_to_sys_admin()
+            if run.foreground:
+                os.setpgid(0, 0)
+                give_terminal_to(os.getpid())
+            os.write(sync_w, b'R')
+            if os.read(go_r, 1) != b'G':
+                os._exit(0)
+        except SetupError as e:
+            write_all(sync_w, b'E' + marshal.dumps((str(e), e.unavailable)))
+            os._exit(EXIT_FAILURE)
+        except BaseException as e:
+            write_all(sync_w, b'E' + marshal.dumps(('the command set-up: ' + describe(e), False)))
+            os._exit(EXIT_FAILURE)
+        exec_command(run, self.env, sync_w)
+
+    def _child_error(self, data):
+        if data[:1] == b'E':
+            try:
+                message, unavailable = marshal.loads(data[1:])
+                return SetupError("the command's " + message, unavailable)
+            except (EOFError, ValueError, TypeError):
+                pass
+        return SetupError("the command's set-up: it died", False)
+
+    def go(self):
+        """Let it exec. -> None, or the exit code if it could not be executed"""
+        write_all(self.go_w, b'G')
+        os.close(self.go_w)
+        tokens = _read_tokens(self.sync_r)  # EOF at exec: the pipe is close-on-exec
+        os.close(self.sync_r)
+        if 'X' in tokens or b'X' in tokens:
+            wait_command(self.pid)
+            return exec_failure(self.run, self.env, tokens.get(b'X', tokens.get('X')))
+        return None
+
+    def quit(self):
+        """Make it exit without running the command (probe, early signal)."""
+        os.close(self.go_w)
+        os.close(self.sync_r)
+        wait_command(self.pid)
+
+
+def _open_directory_entry(name, what):
+    try:
+        return os.open(name, os.O_RDONLY | O_CLOEXEC)
+    except OSError as e:
+        raise _os_error('open %s' % what, e.errno, ())
+
+
+def _read_proc_file(name):
+    """Read a file of the current directory (a /proc) whole."""
+    fd = os.open(name, os.O_RDONLY | O_CLOEXEC)
+    try:
+        return _read_all(fd)
+    finally:
+        os.close(fd)
+
+
+class FallbackCommand(object):
+    """The command's process in the fallback mode: a process group of its own
+    that it does not lead (a short-lived holder process creates it), so that
+    `kill -9 0` from the command cannot kill the supervisor or isolate-exec,
+    while the command may still call setsid() itself (which a group leader
+    may not); the holder exits at once and the command becomes the
+    supervisor's child (it is a subreaper)."""
+
+    def __init__(self, run, env):
+        self.run, self.env = run, env
+        report_r, report_w = make_pipe()
+        holder = os.fork()
+        if holder == 0:
+            try:
+                os.close(report_r)
+                os.setpgid(0, 0)
+                if run.foreground:
+                    give_terminal_to(os.getpid())
+                pid = os.fork()
+                if pid == 0:
+                    exec_command(run, env, report_w)  # does not return
+                write_all(report_w, b'P%d\n' % pid)
+            finally:
+                os._exit(0)
+        os.close(report_w)
+        self.pid = None
+        tokens = _read_tokens(report_r)  # EOF when the command exec'd (or failed)
+        os.close(report_r)
+        _waitpid(holder, 0)
+        self.pid = tokens.get(b'P', tokens.get('P'))
+        self.failure = tokens.get(b'X', tokens.get('X'))
+
+    def go(self):
+        if self.pid is None:
+            raise SetupError('could not start the command')
+        if self.failure is not None:
+            wait_command(self.pid)
+            return exec_failure(self.run, self.env, self.failure)
+        return None
 
 
 # -- leak checks: processes ------------------------------------------------------
@@ -927,82 +1265,138 @@ def has_children():
 PF_EXITING = 0x4
 
 
-def read_process(pid):
-    """-> (ppid, state, name, argv bytes list) of pid, or None if it is gone.
-    An exiting process has state 'Z', like a zombie."""
-    try:
-        with open('/proc/%d/stat' % pid, 'rb') as f:
-            stat_line = f.read()
-        with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            cmdline = f.read()
-    except (IOError, OSError):
-        return None
-    # "pid (comm) state ppid ...": comm may itself contain ") ".
-    head, _, tail = stat_line.rpartition(b') ')
-    name = head.partition(b' (')[2]
-    fields = tail.split()
-    argv = cmdline.split(b'\0')[:-1] if cmdline else []
-    state = b'Z' if int(fields[6]) & PF_EXITING else fields[0]
-    return int(fields[1]), state, name, argv
+class ProcessTable(object):
+    """The processes of the run, read through a /proc directory opened before
+    the command started (os.fchdir to it): whatever the command mounts on
+    /proc, or unmounts, is not what the supervisor reads. isolated: every
+    process but pid 1 is the run's; otherwise the supervisor's descendants."""
+
+    def __init__(self, proc_fd, isolated):
+        self.proc_fd, self.isolated = proc_fd, isolated
+
+    def read(self, pid):
+        """-> (ppid, alive, name, argv bytes list) of pid, or None if it is
+        gone. A zombie, or an exiting process, is not alive, unless another
+        of its threads still runs (its main thread may exit before them)."""
+        try:
+            stat_line = _read_proc_file('%d/stat' % pid)
+        except (IOError, OSError):
+            return None
+        # "pid (comm) state ppid ...": comm may itself contain ") ".
+        head, _, tail = stat_line.rpartition(b') ')
+        name = head.partition(b' (')[2]
+        fields = tail.split()
+        try:
+            ppid, flags = int(fields[1]), int(fields[6])
+        except (IndexError, ValueError):
+            return None
+        alive = fields[0] not in (b'Z', b'X') and not flags & PF_EXITING
+        if not alive:
+            alive = self._other_thread_alive(pid)
+        return ppid, alive, name, self._argv(pid) if alive else []
+
+    def _other_thread_alive(self, pid):
+        try:
+            tids = os.listdir('%d/task' % pid)
+        except OSError:
+            return False
+        for tid in tids:
+            if tid != str(pid):
+                try:
+                    state = _read_proc_file('%d/task/%s/stat' % (pid, tid)).rpartition(b') ')[2]
+                except (IOError, OSError):
+                    continue
+                if state[:1] not in (b'Z', b'X'):
+                    return True
+        return False
+
+    @staticmethod
+    def _argv(pid):
+        """The argv, cut at MAX_ARGV_BYTES (a last '...' says it was cut)."""
+        try:
+            fd = os.open('%d/cmdline' % pid, os.O_RDONLY | O_CLOEXEC)
+        except OSError:
+            return []
+        try:
+            data = os.read(fd, MAX_ARGV_BYTES + 1)
+        except OSError:
+            data = b''
+        finally:
+            os.close(fd)
+        if len(data) > MAX_ARGV_BYTES:
+            return data[:MAX_ARGV_BYTES].split(b'\0') + [b'...']
+        return data.split(b'\0')[:-1] if data else []
+
+    def live(self):
+        """-> {pid: (name, argv)} of the run's live processes"""
+        os.fchdir(self.proc_fd)
+        me = os.getpid()
+        procs = {}
+        for entry in os.listdir('.'):
+            if entry.isdigit() and int(entry) != me:
+                info = self.read(int(entry))
+                if info is not None:
+                    procs[int(entry)] = info
+        if self.isolated:
+            mine = procs
+        else:  # the supervisor's descendants
+            children = {}
+            for pid, info in procs.items():
+                children.setdefault(info[0], []).append(pid)
+            mine, todo = {}, list(children.get(me, ()))
+            while todo:
+                pid = todo.pop()
+                mine[pid] = procs[pid]
+                todo.extend(children.get(pid, ()))
+        return dict((pid, (info[2], info[3])) for pid, info in mine.items() if info[1])
 
 
-def list_processes():
-    """-> {pid: (ppid, state, name, argv)} for every process in /proc."""
-    procs = {}
-    for entry in os.listdir('/proc'):
-        if entry.isdigit():
-            info = read_process(int(entry))
-            if info is not None:
-                procs[int(entry)] = info
+# A process that exits by itself within this time after the command (a
+# multiprocessing resource tracker notices its parent's exit a fraction of a
+# millisecond later) is not a leak.
+SETTLE_TIME = 0.1
+
+
+def stop_leaked_processes(table, timeout):
+    """Report and stop what the command left running: the processes still
+    alive SETTLE_TIME after it get SIGTERM; those alive after timeout seconds
+    (with what they started meanwhile) are frozen with SIGSTOP until no new
+    one appears (a process forking on each signal cannot outrun it), then
+    killed with SIGKILL. -> (leaked [(pid, name, argv)], pids SIGKILLed)"""
+    alive = _wait_for_exits(table, table.live(), now() + SETTLE_TIME)
+    leaked = [(pid,) + alive[pid] for pid in sorted(alive)]
+    if not alive:
+        return leaked, []
+    _signal_all(alive, signal.SIGTERM)
+    alive = _wait_for_exits(table, alive, now() + timeout)
+    if not alive:
+        return leaked, []
+    known, stopped = set(pid for pid, _, _ in leaked), set()
+    for _ in range(1000):
+        alive = table.live()
+        new = [pid for pid in alive if pid not in stopped]
+        if not new:
+            break
+        leaked.extend((pid,) + alive[pid] for pid in sorted(new) if pid not in known)
+        known.update(new)
+        stopped.update(_signal_all(new, signal.SIGSTOP))
+    killed = _signal_all(sorted(set(alive) | stopped), signal.SIGKILL)
+    _wait_for_exits(table, alive, now() + 2)  # e.g. stuck in D state: left to the kernel
+    return leaked, sorted(killed)
+
+
+def _wait_for_exits(table, procs, deadline):
+    """Wait until none of procs is alive, or deadline. -> those still alive"""
+    delay = 0.001
+    while procs:
+        reap_children()
+        still = table.live()
+        procs = dict((pid, info) for pid, info in procs.items() if pid in still)
+        if not procs or now() >= deadline:
+            break
+        time.sleep(min(delay, max(0, deadline - now())))
+        delay = min(delay * 2, 0.05)
     return procs
-
-
-def find_leaked_processes(root_pid):
-    """Live processes below root_pid (in a pid namespace, root_pid is 1 and
-    that is every other process). -> [(pid, name, argv)] sorted by pid"""
-    procs = list_processes()
-    if root_pid == 1:
-        mine = set(pid for pid in procs if pid != 1)
-    else:
-        children = {}
-        for pid, info in procs.items():
-            children.setdefault(info[0], []).append(pid)
-        mine, todo = set(), list(children.get(root_pid, ()))
-        while todo:
-            pid = todo.pop()
-            mine.add(pid)
-            todo.extend(children.get(pid, ()))
-    return [(pid, procs[pid][2], procs[pid][3]) for pid in sorted(mine)
-            if procs[pid][1] != b'Z']
-
-
-def kill_leaked_processes(root_pid, timeout):
-    """Report and kill what the command left running: SIGTERM, then SIGKILL
-    after timeout seconds. -> (leaked [(pid, name, argv)], pids SIGKILLed)"""
-    leaked, killed, seen = [], [], set()
-    for _ in range(10):  # new rounds for processes forked meanwhile
-        if not has_children():
-            break
-        found = [p for p in find_leaked_processes(root_pid) if p[0] not in seen]
-        if not found:
-            break
-        leaked.extend(found)
-        seen.update(p[0] for p in found)
-        alive = _signal_all([p[0] for p in found], signal.SIGTERM)
-        deadline, sent_kill = now() + timeout, False
-        delay = 0.001
-        while alive:
-            has_children()
-            alive = [pid for pid in alive if _is_running(pid)]
-            if alive and now() >= deadline:
-                if sent_kill:  # e.g. stuck in D state: leave it to the kernel
-                    break
-                killed.extend(_signal_all(alive, signal.SIGKILL))
-                deadline, sent_kill = now() + 2, True
-            if alive:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-    return leaked, killed
 
 
 def _signal_all(pids, signum):
@@ -1016,31 +1410,28 @@ def _signal_all(pids, signum):
     return sent
 
 
-def _is_running(pid):
-    info = read_process(pid)
-    return info is not None and info[1] != b'Z'
-
-
 # -- leak checks: mounts ---------------------------------------------------------
-
-def read_mountinfo():
-    """-> the bytes of /proc/self/mountinfo."""
-    with open('/proc/self/mountinfo', 'rb') as f:
-        return f.read()
-
 
 def parse_mounts(mountinfo):
     """-> [mount] from mountinfo bytes, each as 'SOURCE[ROOT] MOUNTPOINT
     FSTYPE OPTIONS' bytes (the /proc/mounts shape, with a bind mount's root)."""
     # Mount IDs, parent IDs and device numbers are left out: they are reused
     # and differ between namespaces (proc(5)); so are propagation tags. Names
-    # keep mountinfo's octal escapes (\040 for a space): one mount, one line.
+    # keep mountinfo's octal escapes (\040 for a space, \012 for a newline),
+    # but the kernel does not escape \r or other control characters: lines
+    # are split on \n only, and printed through escape_name().
     mounts = []
-    for line in mountinfo.splitlines():
+    for line in mountinfo.split(b'\n'):
+        if not line:
+            continue
         fields = line.split(b' ')
-        sep = fields.index(b'-', 6)
-        root, mountpoint, options = fields[3], fields[4], fields[5]
-        fstype, source, super_options = fields[sep + 1:sep + 4]
+        try:
+            sep = fields.index(b'-', 6)
+            root, mountpoint, options = fields[3], fields[4], fields[5]
+            fstype, source, super_options = fields[sep + 1:sep + 4]
+        except (ValueError, IndexError):
+            mounts.append(line)  # not expected: kept whole rather than lost
+            continue
         if root != b'/':
             source += b'[' + root + b']'
         extra = [o for o in super_options.split(b',') if o not in (b'rw', b'ro')]
@@ -1069,14 +1460,6 @@ def diff_mounts(before, after):
             count[m] -= 1
             gone.append(m)
     return leaked, gone
-
-
-def detach_mounts(mounts):
-    """Lazily unmount leaked mounts, last first, so that the file walk sees
-    what the command left beneath them (and no FUSE daemon is asked)."""
-    for m in reversed(mounts):
-        mountpoint = unescape_mount(m.split(b' ')[1])
-        c_function('umount2')(mountpoint, MNT_DETACH)
 
 
 # -- leak checks: files ----------------------------------------------------------
@@ -1115,91 +1498,185 @@ else:  # Python 2
         return files, dirs
 
 
-def _enter(name, st):
-    """chdir into a directory; a mode 000 one is opened up first (its owner may,
-    and it is about to be thrown away)."""
-    try:
-        os.chdir(name)
-    except OSError as e:
-        if e.errno != errno.EACCES:
-            raise
-        os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-        os.chdir(name)
+class WalkError(Exception):
+    pass
 
 
-def walk_leaked_files(root_fd, prefix, skip=(), remove=False):
-    """List everything under the directory open as root_fd, shown under prefix,
-    without following symbolic links or crossing into other mounts, in
-    preorder with sorted names. With remove, delete it all on the way.
-    -> (paths, sticky directories, unreadable directories): every path found,
-    sticky directories included; directory paths end with '/'. Changes the
-    current directory."""
-    # The walk goes by relative chdir, so that it needs no lookup of long
-    # paths (PATH_MAX is 4096) and no recursion (the tree may be deep), and it
-    # starts from a file descriptor, so a mount stacked on the root by the
-    # command does not hide what was left under it.
-    root_dev = os.fstat(root_fd).st_dev
-    os.fchdir(root_fd)
-    leaked, sticky, unreadable = [], [], []
-    files, dirs = _list_cwd()
-    leaked.extend([prefix + b'/' + f for f in files])
-    if remove:
-        _unlink_all(files)
-    stack = [(prefix, dirs[::-1])]
-    while stack:
-        path, todo = stack[-1]
-        if not todo:
-            stack.pop()
-            if stack:
-                os.chdir(b'..')
-                if remove:
-                    os.rmdir(path.rpartition(b'/')[2])
-            continue
-        name, st = todo.pop()
-        dpath = path + b'/' + name
-        if st.st_dev != root_dev:  # a mount point: only its directory is ours
-            if dpath not in skip:
-                leaked.append(dpath + b'/')
-            continue
-        leaked.append(dpath + b'/')
-        if st.st_mode & stat.S_ISVTX:  # like wcfs' shared registry: not a leak
-            sticky.append(dpath + b'/')
-        try:
-            _enter(name, st)
-        except OSError:
-            unreadable.append(dpath + b'/')
-            continue
+class FileReport(object):
+    """What the walks found, within the report's bounds: every path is
+    counted; names are kept up to MAX_NAME_BYTES (then only counted), sticky
+    and unreadable directories up to MAX_ITEMS. A path is only built while it
+    is kept, so a deep tree costs memory in proportion to what is kept, not
+    to the square of its depth."""
+
+    def __init__(self):
+        self.paths, self.sticky, self.unreadable, self.left = [], [], [], []
+        self.count = self.sticky_count = self.unreadable_count = self.left_count = 0
+        self.size = 0
+
+    def keeps(self):
+        return self.size < MAX_NAME_BYTES
+
+    def add(self, path):
+        self.count += 1
+        if path is not None and self.size < MAX_NAME_BYTES:
+            self.paths.append(path)
+            self.size += len(path) + 1
+
+    def add_special(self, kind, path):
+        setattr(self, kind + '_count', getattr(self, kind + '_count') + 1)
+        items = getattr(self, kind)
+        if path is not None and len(items) < MAX_ITEMS:
+            items.append(path)
+
+    def result(self):
+        result = {'files': b'\0'.join(self.paths), 'sticky': self.sticky,
+                  'unreadable': self.unreadable, 'left': self.left,
+                  'counts': {'leaked_files': self.count - self.sticky_count,
+                             'sticky_dirs': self.sticky_count,
+                             'unreadable_dirs': self.unreadable_count,
+                             'left_files': self.left_count}}
+        if len(self.paths) < self.count:
+            result['files_cut'] = True
+        return result
+
+
+class Walk(object):
+    """One walk of a directory tree open as root_fd, shown under prefix: in
+    preorder with sorted names, without following symbolic links (directories
+    are opened with O_NOFOLLOW and checked against what was listed), without
+    crossing into other mounts (st_dev, and the statx mount id, which also
+    tells a bind mount of the same file system), by relative fchdir (no
+    lookup of long paths, PATH_MAX is 4096; no recursion, the tree may be
+    deep). With remove, everything found is deleted on the way (fallback mode:
+    the private TMPDIR is ours to delete, and nothing of the run is alive)."""
+
+    def __init__(self, report, root_fd, prefix, skip=(), remove=False):
+        self.report, self.prefix, self.skip, self.remove = report, prefix, skip, remove
+        self.root = os.fstat(root_fd)
+        self.mount_id = mount_id(root_fd) if remove else None
+        self.names = []  # the path below root of the current directory
+
+    def path(self, name):
+        if not self.report.keeps():
+            return None
+        return b'/'.join([self.prefix] + self.names + [name])
+
+    def run(self, root_fd):
+        os.fchdir(root_fd)
+        self._make_writable(root_fd, self.root)
+        stack = [(self._list(), (self.root.st_dev, self.root.st_ino))]
+        while stack:
+            todo, here = stack[-1]
+            if not todo:
+                stack.pop()
+                if stack:
+                    self._go_up(stack[-1][1])
+                continue
+            name, st = todo.pop()
+            path = self.path(name)
+            if st.st_dev != self.root.st_dev:  # a mount point: only its directory is ours
+                if path is None or path not in self.skip:
+                    self.report.add(path and path + b'/')
+                    if self.remove:
+                        self.report.add_special('left', path and path + b'/')
+                continue
+            self.report.add(path and path + b'/')
+            if st.st_mode & stat.S_ISVTX:  # like wcfs' shared registry: not a leak
+                self.report.add_special('sticky', path and path + b'/')
+            if not self._enter(name, st):
+                self.report.add_special('unreadable', path and path + b'/')
+                if self.remove:
+                    self.report.add_special('left', path and path + b'/')
+                continue
+            self.names.append(name)
+            stack.append((self._list(), (st.st_dev, st.st_ino)))
+
+    def _list(self):
+        """List the current directory, report its files (deleting them with
+        remove). -> its sub-directories, last first"""
         try:
             files, dirs = _list_cwd()
         except OSError:
-            unreadable.append(dpath + b'/')
-            files, dirs = [], []
-        leaked.extend([dpath + b'/' + f for f in files])
-        if remove:
-            _unlink_all(files)
-        stack.append((dpath, dirs[::-1]))
-    return leaked, sticky, unreadable
+            self.report.add_special('unreadable', self.path(b'')[:-1] + b'/'
+                                    if self.report.keeps() else None)
+            return []
+        for name in files:
+            path = self.path(name)
+            self.report.add(path)
+            if self.remove:
+                try:
+                    os.unlink(name)
+                except OSError:
+                    self.report.add_special('left', path)
+        return dirs[::-1]
 
-
-def _unlink_all(names):
-    for name in names:
+    def _enter(self, name, st):
+        """fchdir into name, which was listed as st, if it still is that very
+        directory on the same mount. -> False if it cannot be entered"""
         try:
-            os.unlink(name)
+            fd = os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.EACCES:
+                return False
+            try:  # mode 000: its owner may open it up, and it is being thrown away
+                os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+                fd = os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            except OSError:
+                return False
+        try:
+            now_st = os.fstat(fd)
+            if (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
+                return False
+            if self.mount_id is not None and mount_id(fd) not in (None, self.mount_id):
+                return False  # a bind mount of the same file system
+            if self.remove:
+                self._make_writable(fd, now_st)
+            os.fchdir(fd)
+            return True
         except OSError:
-            pass
+            return False
+        finally:
+            os.close(fd)
+
+    def _make_writable(self, fd, st):
+        """With remove, a directory must be writable to delete what it holds
+        (e.g. mode 0500): it is the run's own, and about to go."""
+        if self.remove and st.st_mode & 0o700 != 0o700:
+            try:
+                os.fchmod(fd, stat.S_IMODE(st.st_mode) | 0o700)
+            except OSError:
+                pass
+
+    def _go_up(self, parent):
+        """chdir .. and check it is the directory we came from (nothing of the
+        run is alive to move it, but never assume), then remove the one left."""
+        name = self.names.pop()
+        os.chdir(b'..')
+        st = os.stat(b'.')
+        if (st.st_dev, st.st_ino) != parent:
+            raise WalkError('%s moved during the walk' % fsdecode(self.prefix))
+        if self.remove:
+            try:
+                os.rmdir(name)
+            except OSError:
+                self.report.add_special('left', self.path(name) and self.path(name) + b'/')
 
 
-# -- the supervisor (pid 1 of the run's pid namespace) ----------------------------
+# -- the supervisor ----------------------------------------------------------------
 
 class Run(object):
     """What a run needs, prepared by isolate-exec before forking."""
 
-    def __init__(self, opts):
-        self.command = list(opts.command)
+    def __init__(self, opts, closed_stdio=()):
+        self.command = list(opts.command) if opts.command is not None else None
         self.tmpfs = opts.tmpfs
         self.kill_timeout = opts.kill_timeout
         self.uid, self.gid = os.getuid(), os.getgid()
         self.userns = self.uid != 0
+        self.isolated = True
+        self.parent = os.getpid()
+        self.closed_stdio = list(closed_stdio)
         try:
             self.cwd = os.getcwd()
         except OSError:  # deleted: nothing to look up again
@@ -1209,130 +1686,287 @@ class Run(object):
 
 
 def private_env(env, tmpfs):
-    """TMPDIR, TMP and TEMP set outside the private mounts now point to /tmp,
-    so that temporary files land where they are isolated and checked."""
+    """TMPDIR, TMP and TEMP set outside the private mounts, or to a directory
+    that does not exist in them (they are fresh), now point to /tmp, so that
+    temporary files land where they are isolated and checked."""
     for name in ('TMPDIR', 'TMP', 'TEMP'):
         value = env.get(name)
-        if value and not in_private_mount(value, tmpfs):
+        if value and not (in_private_mount(value, tmpfs) and os.path.isdir(value)):
             env[name] = '/tmp'
     return env
 
 
-def supervise(run, lifeline):
-    """Body of the supervisor: set up the isolation, run the command, collect
-    the leaks. Never returns: sends its findings to isolate-exec and exits."""
-    result = {}
+class Lifeline(object):
+    """The supervisor's side of the pipe to isolate-exec: b'+' (alive, set
+    up to die with it), then records, each 'LENGTH\\n' + marshal(dict). The
+    records are sent as soon as known: if the supervisor dies later (OOM
+    killer, a bug), isolate-exec still has the command's status and what was
+    checked."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def send(self, **record):
+        data = marshal.dumps(record)
+        write_all(self.fd, b'%d\n' % len(data) + data)
+
+
+def supervise(run, lifeline_fd):
+    """Body of the supervisor: set up the isolation (or the fallback), run the
+    command, check for leaks, streaming what it finds. Never returns."""
+    lifeline = Lifeline(lifeline_fd)
     try:
-        set_parent_death_signal(lifeline)
+        set_parent_death_signal(lifeline_fd, signal.SIGKILL if run.isolated else signal.SIGTERM)
         # Out of our caller's process group: signals sent to that group (a
         # terminal's Ctrl-C) reach isolate-exec, which forwards them once.
         os.setpgid(0, 0)
-        result = setup_isolation(run)
-        if 'roots' in result and run.command is not None:
-            result.update(run_and_check(run, result.pop('roots'), result.pop('mounts')))
-        result.pop('roots', None)
-        result.pop('mounts', None)
-    except SetupError as e:
-        result = {'error': str(e)}
-    except BaseException as e:  # never let a traceback out of pid 1
-        result = {'error': 'internal error: %s: %s' % (type(e).__name__, e)}
-    try:
-        data = marshal.dumps(result)
-        write_all(lifeline, ('%d\n' % len(data)).encode('ascii') + data)
+        try:
+            if run.isolated:
+                checks = set_up_isolation(run)
+            else:
+                checks = set_up_fallback(run)
+        except SetupError as e:
+            lifeline.send(**{'error' if e.unavailable else 'fatal': str(e)})
+            return
+        except BaseException as e:
+            lifeline.send(fatal='internal error while setting up: %s' % describe(e))
+            return
+        # From here on, the command may run: whatever fails is reported as
+        # isolate-exec's own failure, never as a reason to run it again.
+        lifeline.send(started=True)
+        if run.command is None:  # --probe
+            checks.command.quit()
+            lifeline.send(done=True)
+            return
+        try:
+            lifeline.send(**checks.run_command())
+        except BaseException as e:
+            lifeline.send(errors=['run the command: %s' % describe(e)])
+        for what, check in checks.after_command():
+            try:
+                lifeline.send(**check())
+            except BaseException as e:
+                lifeline.send(errors=['%s: %s' % (what, describe(e))])
+        lifeline.send(done=True)
     finally:
         os._exit(0)
 
 
-def setup_isolation(run):
-    """The isolation checklist, in order. -> {'roots': [(fd, path)], 'mounts': [...]}
-    or {'error': message} (the step, the path and the reason)."""
-    try:
-        if run.userns:
-            map_caller_ids(run.uid, run.gid)
-        make_mounts_private()
-        roots = [(mount_private_tmpfs(entry), entry.path) for entry in run.tmpfs]
-        if run.userns:
-            bind_minimal_user_database(run.uid, run.gid, '/tmp/.isolate-exec')
-        mount_private_proc()
-        if run.userns:
-            drop_to_sys_admin()
-    except SetupError as e:
-        return {'error': str(e)}
-    # A working directory inside a private mount still is the host's directory
-    # under it: look it up again, or relative paths would write to the host.
-    # Any other is left as it is (the caller may be unable to look it up).
-    try:
-        if run.cwd is not None and in_private_mount(run.cwd, run.tmpfs):
-            os.chdir(run.cwd)
-    except OSError as e:
-        return {'fatal': 'working directory %s: %s (hidden by a private tmpfs)'
-                         % (run.cwd, os.strerror(e.errno))}
-    return {'roots': roots, 'mounts': read_mountinfo()}
+class Checks(object):
+    """The command of a run, and the leak checks that follow it."""
+    command = None
 
+    def run_command(self):
+        """Let the command run; wait for it. -> {'status', 'duration'}"""
+        start = now()
+        if _pending_signal is not None:  # interrupted before the command started
+            self.command.quit()
+            return {'status': 128 + _pending_signal, 'duration': 0.0}
+        code = self.command.go()
+        if code is None:
+            forward_signals_to(self.command.pid)
+            code = raw_wait_status_code(wait_command(self.command.pid))
+            forward_signals_to(None)
+        return {'status': code, 'duration': now() - start}
 
-def run_and_check(run, roots, mounts_before):
-    """Run the command, then diff the mounts (reading mountinfo asks no FUSE
-    daemon; a daemon killed first may unmount itself and hide its leak), kill
-    leaked processes, detach leaked mounts and walk the private tmpfs (a live
-    FUSE daemon could hang the walk). -> result dict"""
-    result = {}
-    if _pending_signal is not None:  # interrupted before the command started
-        result['status'] = 128 + _pending_signal
+    def check_processes(self):
+        processes, killed = stop_leaked_processes(self.processes, self.kill_timeout)
+        result = {'processes': processes[:MAX_ITEMS], 'killed': killed[:MAX_ITEMS],
+                  'counts': {'leaked_processes': len(processes), 'killed_pids': len(killed)}}
         return result
-    start = now()
-    pid, code = start_command(run.command, private_env(run.env, run.tmpfs), run.foreground)
-    if pid is not None:
-        forward_signals_to(pid)
-        code = raw_wait_status_code(wait_command(pid))
-        forward_signals_to(None)
-    result['status'] = code
-    result['duration'] = now() - start
-    result['leaked_mounts'], result['gone_mounts'] = diff_mounts(mounts_before, read_mountinfo())
-    result['processes'], result['killed'] = kill_leaked_processes(1, run.kill_timeout)
-    detach_mounts(result['leaked_mounts'])
-    skip = set(fsencode(entry.path) for entry in run.tmpfs)
-    files, sticky, unreadable = [], [], []
-    for fd, path in roots:
-        found = walk_leaked_files(fd, fsencode(path), skip)
-        files += found[0]
-        sticky += found[1]
-        unreadable += found[2]
-    # one string, not 100k objects, to marshal: file names have no NUL
-    result['files'] = b'\0'.join(files)
-    result['sticky'], result['unreadable'] = sticky, unreadable
-    return result
 
 
-def run_isolated(run):
-    """Run in new namespaces. -> the supervisor's result dict; it has 'error'
-    when the isolation could not be set up (the command did not run)."""
-    lifeline_r, lifeline_w = os.pipe()
-    for fd in (lifeline_r, lifeline_w):
-        _set_cloexec(fd)
-    flags = CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if run.userns else 0)
+class IsolatedChecks(Checks):
+
+    def __init__(self, run, roots, proc_fd):
+        self.run, self.roots, self.kill_timeout = run, roots, run.kill_timeout
+        self.processes = ProcessTable(proc_fd, isolated=True)
+        self.proc_fd = proc_fd
+        # (the command has not run yet: /proc is still the one mounted above,
+        # and the working directory must stay the command's)
+        self.own_mount_ns = _open_directory_entry('/proc/self/ns/mnt', 'the mount namespace')
+        self.command = IsolatedCommand(run, private_env(run.env, run.tmpfs), proc_fd)
+
+    def after_command(self):
+        """Diff the command's mount table first (reading it asks no FUSE
+        daemon; a daemon killed first may unmount itself and hide its leak),
+        then stop leaked processes, then walk the private tmpfs, from the
+        supervisor's own mounts: mounts the command left are not in its way
+        (a live FUSE daemon could hang the walk)."""
+        return [('read the mount table', self.check_mounts),
+                ('stop leaked processes', self.check_processes),
+                ('walk the private tmpfs', self.check_files)]
+
+    def check_mounts(self):
+        # Back in its own namespace right after: path lookups from there would
+        # not cross the supervisor's own mounts (the nested --tmpfs ones).
+        enter_mount_namespace(self.command.mount_ns, "enter the command's mount namespace")
+        try:
+            os.fchdir(self.proc_fd)
+            mounts_after = _read_proc_file('self/mountinfo')
+        finally:
+            enter_mount_namespace(self.own_mount_ns, 'enter the mount namespace of the supervisor')
+        leaked, gone = diff_mounts(self.command.mounts_before, mounts_after)
+        return {'leaked_mounts': leaked[:MAX_ITEMS], 'gone_mounts': gone[:MAX_ITEMS],
+                'counts': {'leaked_mounts': len(leaked), 'gone_mounts': len(gone)}}
+
+    def check_files(self):
+        report = FileReport()
+        skip = set(fsencode(entry.path) for entry in self.run.tmpfs)
+        for fd, entry in zip(self.roots, self.run.tmpfs):
+            Walk(report, fd, fsencode(entry.path), skip).run(fd)
+        return report.result()
+
+
+def set_up_isolation(run):
+    """The isolation checklist, in order; each step raises SetupError.
+    -> IsolatedChecks, whose command is ready to exec"""
+    if run.userns:
+        map_caller_ids(run.uid, run.gid)
+    make_mounts_private()
+    if run.userns:
+        bind_minimal_user_database(run.uid, run.gid, run.tmpfs[0].path)
+    roots = [mount_private_tmpfs(entry) for entry in run.tmpfs]
+    proc_fd = mount_private_proc()
+    look_up_working_directory(run)
+    return IsolatedChecks(run, roots, proc_fd)
+
+
+# -- fallback mode -----------------------------------------------------------------
+
+def system_temp_dir():
+    """The directory tempfile.gettempdir() would pick (without importing it)."""
+    for name in ('TMPDIR', 'TEMP', 'TMP'):
+        path = os.environ.get(name)
+        if path and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+            return os.path.abspath(path)
+    for path in ('/tmp', '/var/tmp', '/usr/tmp'):
+        if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
+            return path
+    return os.getcwd()
+
+
+class PrivateDir(object):
+    """A fresh 0700 directory under the system temp directory, held open from
+    its creation: it is walked and deleted through that descriptor, never
+    through its path (the test may replace it with a symbolic link)."""
+
+    def __init__(self):
+        parent = system_temp_dir()
+        self.parent_fd = _open_directory(parent, 'open')
+        while True:
+            self.name = 'isolate-exec.%s' % ''.join(
+                '%02x' % b for b in bytearray(os.urandom(6)))
+            self.path = os.path.join(parent, self.name)
+            try:
+                os.mkdir(self.path, 0o700)
+                break
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise SetupError('create %s: %s' % (self.path, os.strerror(e.errno)))
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        except OSError as e:
+            raise SetupError('open %s: %s' % (self.path, os.strerror(e.errno)))
+        self.st = os.fstat(self.fd)
+
+    def remove(self):
+        """Delete the directory itself, if it is still the one we made."""
+        os.fchdir(self.parent_fd)
+        try:
+            st = os.lstat(self.name)
+        except OSError:
+            return True  # the test deleted it
+        if (st.st_dev, st.st_ino) != (self.st.st_dev, self.st.st_ino):
+            return True  # replaced: not ours to delete
+        try:
+            os.rmdir(self.name)
+            return True
+        except OSError:
+            return False
+
+
+class FallbackChecks(Checks):
+
+    def __init__(self, run, private):
+        self.run, self.private, self.kill_timeout = run, private, run.kill_timeout
+        self.processes = ProcessTable(_open_directory('/proc', 'open'), isolated=False)
+        env = dict(run.env, TMPDIR=private.path, TMP=private.path, TEMP=private.path)
+        self.command = FallbackCommand(run, env)
+
+    def after_command(self):
+        return [('stop leaked processes', self.check_processes),
+                ('clean up %s' % self.private.path, self.check_files)]
+
+    def check_files(self):
+        report = FileReport()
+        Walk(report, self.private.fd, fsencode(self.private.path), remove=True).run(
+            self.private.fd)
+        if not self.private.remove():
+            report.add_special('left', fsencode(self.private.path) + b'/')
+        return report.result()
+
+
+def set_up_fallback(run):
+    """The fallback checklist: a child subreaper, which dies with isolate-exec
+    only after cleaning up (SIGTERM is forwarded to the command, then SIGKILL
+    after the kill timeout), and a private TMPDIR. -> FallbackChecks"""
+    global _orphaned
+    _orphaned = (run.parent, run.kill_timeout)
+    set_child_subreaper()
+    private = PrivateDir()
     try:
-        pid = clone_into_namespaces(flags)
-    except SetupError as e:
-        os.close(lifeline_r)
-        os.close(lifeline_w)
-        return {'error': str(e)}
+        return FallbackChecks(run, private)
+    except BaseException:
+        os.rmdir(private.path)
+        raise
+
+
+# -- isolate-exec's side -----------------------------------------------------------
+
+def run_supervised(run):
+    """Start the supervisor (isolated: in new namespaces; fallback: a plain
+    child) and collect what it sends. -> result dict: 'error' (the isolation
+    is not available) or 'fatal' (set-up failed otherwise) before 'started';
+    then 'status', the checks' results, 'errors' (checks that failed), and
+    'done' if it finished"""
+    lifeline_r, lifeline_w = make_pipe()
+    if run.isolated:
+        flags = CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if run.userns else 0)
+        try:
+            pid = clone_into_namespaces(flags)
+        except SetupError as e:
+            os.close(lifeline_r)
+            os.close(lifeline_w)
+            return {'error' if e.unavailable else 'fatal': str(e)}
+    else:
+        pid = os.fork()
     if pid == 0:
         os.close(lifeline_r)
         supervise(run, lifeline_w)  # does not return
     os.close(lifeline_w)
     forward_signals_to(pid)
+    result = {'errors': []}
     try:
-        data = _read_message(lifeline_r)
+        for record in _read_records(lifeline_r):
+            result['errors'].extend(record.pop('errors', ()))
+            counts = record.pop('counts', None)
+            if counts:
+                result.setdefault('counts', {}).update(counts)
+            result.update(record)
+            if 'done' in record:
+                break
     finally:
         os.close(lifeline_r)
         forward_signals_to(None)
-    try:
-        result = marshal.loads(data)
-    except (EOFError, ValueError, TypeError):
-        code = raw_wait_status_code(_waitpid(pid, 0)[1])
-        return {'fatal': 'the supervisor died (%s)' % (
-            'signal %d' % (code - 128) if code > 128 else 'exit status %d' % code),
-            'status': code}
+    if 'done' not in result and not ('error' in result or 'fatal' in result):
+        status = raw_wait_status_code(_waitpid(pid, 0)[1])
+        why = 'signal %d' % (status - 128) if status > 128 else 'exit status %d' % status
+        if 'started' in result:
+            result['errors'].append('the supervisor died (%s)' % why)
+        else:
+            result['fatal'] = 'the supervisor died while setting up (%s)' % why
+        return result
     # The supervisor is done: all it started is dead and it only has to exit.
     # As it exits, the kernel frees its mount namespace and private tmpfs,
     # which takes time when much leaked (~0.25 s for 100k files): nothing
@@ -1353,118 +1987,95 @@ def reap_supervisors():
         _waitpid(_exiting_supervisors.pop(), 0)
 
 
-def _read_message(fd):
-    """Read the supervisor's '+' (it is alive), then 'LENGTH\\n' and LENGTH
-    bytes; do not wait for EOF. -> the bytes, or b'' if it died before."""
+def _read_records(fd):
+    """The supervisor's b'+' (it is alive), then its records, until EOF."""
     data = bytearray()
-    length = None
-    while length is None or len(data) < length:
-        if length is None and b'\n' in data:
-            header, _, rest = bytes(data).partition(b'\n')
-            length, data = int(header.lstrip(b'+')), bytearray(rest)
-            continue
+    eof = False
+    while True:
+        while True:
+            if data[:1] == b'+':
+                del data[:1]
+            header, newline, _ = bytes(data[:24]).partition(b'\n')
+            if not newline:
+                break
+            length = int(header)
+            if len(data) < len(header) + 1 + length:
+                break
+            start = len(header) + 1
+            record = marshal.loads(bytes(data[start:start + length]))
+            del data[:start + length]
+            yield record
+        if eof:
+            return
         try:
-            chunk = os.read(fd, max(1 << 16, (length or 0) - len(data)))
+            chunk = os.read(fd, 1 << 16)
         except OSError as e:
             if e.errno == errno.EINTR:
                 continue
             raise
         if not chunk:
-            return b''
+            eof = True
         data += chunk
-    return bytes(data[:length])
-
-
-# -- fallback mode -----------------------------------------------------------------
-
-def system_temp_dir():
-    """The directory tempfile.gettempdir() would pick (without importing it)."""
-    for name in ('TMPDIR', 'TEMP', 'TMP'):
-        path = os.environ.get(name)
-        if path and os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
-            return os.path.abspath(path)
-    for path in ('/tmp', '/var/tmp', '/usr/tmp'):
-        if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK):
-            return path
-    return os.getcwd()
-
-
-def make_private_dir():
-    """Create a fresh 0700 directory under the system temp directory. -> path"""
-    parent = system_temp_dir()
-    while True:
-        path = os.path.join(parent, 'isolate-exec.%s' % ''.join(
-            '%02x' % b for b in bytearray(os.urandom(6))))
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except OSError as e:
-            if e.errno != errno.EEXIST:
-                raise SetupError('create %s: %s' % (path, os.strerror(e.errno)))
-
-
-def run_fallback(run, undo):
-    """Run without namespaces: private TMPDIR, leaked descendants found through
-    PR_SET_CHILD_SUBREAPER. -> result dict, as the supervisor's"""
-    private = make_private_dir()
-    env = dict(run.env, TMPDIR=private, TMP=private, TEMP=private)
-    set_child_subreaper()
-    result = {}
-    start = now()
-    pid, code = start_command(run.command, env, run.foreground)
-    if pid is not None:
-        forward_signals_to(pid)
-        code = raw_wait_status_code(wait_command(pid))
-        forward_signals_to(None)
-    result['status'] = code
-    result['duration'] = now() - start
-    result['processes'], result['killed'] = kill_leaked_processes(os.getpid(), run.kill_timeout)
-    cwd = os.open('.', os.O_RDONLY | O_CLOEXEC)
-    root = os.open(private, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    try:
-        files, sticky, unreadable = walk_leaked_files(root, fsencode(private), remove=True)
-        os.rmdir(private)
-    except OSError as e:
-        files, sticky, unreadable = [], [], []
-        warn('%s: remove %s: %s' % (PROG, private, os.strerror(e.errno)))
-    finally:
-        os.fchdir(cwd)
-        os.close(cwd)
-        os.close(root)
-    result['files'], result['sticky'], result['unreadable'] = files, sticky, unreadable
-    result['leaked_mounts'], result['gone_mounts'] = [], []
-    return result
 
 
 # -- report ------------------------------------------------------------------------
 
+def _lines(kind, items, total, line):
+    """At most MAX_LINES lines of items, then one saying how many more."""
+    lines = [line(item) for item in items[:MAX_LINES]]
+    if total > MAX_LINES:
+        lines.append(fsencode('# ... and %d more %s' % (total - MAX_LINES, kind)))
+    return lines
+
+
 def format_report(result):
     """-> the text report: nxdtest-compatible '# ...' lines, as bytes."""
-    lines = []
-    for pid, name, argv in result.get('processes', ()):
-        lines.append(fsencode('# leaked pid=%d %r %r' % (pid, native(name), [native(a) for a in argv])))
-    for pid in result.get('killed', ()):
-        lines.append(fsencode('# killed pid=%d with SIGKILL: still running after --kill-timeout'
-                              % pid))
-    files = result.get('files', ())
-    sticky = set(result.get('sticky', ()))
-    for path in files[:MAX_FILE_LINES]:
-        lines.append((b'# found sticky ' if path in sticky else b'# leaked ') + escape_name(path))
-    if len(files) > MAX_FILE_LINES:
-        lines.append(fsencode('# ... and %d more leaked files (--report FILE lists them all)'
-                              % (len(files) - MAX_FILE_LINES)))
-    for path in result.get('unreadable', ()):
-        lines.append(b'# unreadable ' + escape_name(path))
-    for m in result.get('leaked_mounts', ()):
-        lines.append(b'# leaked mount: ' + m)
-    for m in result.get('gone_mounts', ()):
-        lines.append(b'# gone mount: ' + m)
-    return b''.join(line + b'\n' for line in lines)
+    counts = result.get('counts', {})
+
+    def process(p):
+        pid, name, argv = p
+        return fsencode('# leaked pid=%d %r %r' % (pid, native(name), [native(a) for a in argv]))
+
+    lines = _lines('leaked processes', result.get('processes', []),
+                   counts.get('leaked_processes', 0), process)
+    lines += _lines('processes killed', result.get('killed', []), counts.get('killed_pids', 0),
+                    lambda pid: fsencode('# killed pid=%d with SIGKILL: still running after '
+                                         '--kill-timeout' % pid))
+    files, sticky = result.get('files', []), set(result.get('sticky', ()))
+    total = counts.get('leaked_files', 0) + counts.get('sticky_dirs', 0)
+    lines += [(b'# found sticky ' if path in sticky else b'# leaked ') + escape_name(path)
+              for path in files[:MAX_LINES]]
+    if total > MAX_LINES:
+        more = '# ... and %d more leaked files' % (total - MAX_LINES)
+        more += (' (--report FILE lists them all)' if not result.get('files_cut') else
+                 ' (--report FILE lists the first %d)' % len(files))
+        lines.append(fsencode(more))
+    lines += _lines('unreadable directories', result.get('unreadable', []),
+                    counts.get('unreadable_dirs', 0), lambda p: b'# unreadable ' + escape_name(p))
+    lines += _lines('files left', result.get('left', []), counts.get('left_files', 0),
+                    lambda p: b'# could not remove ' + escape_name(p))
+    lines += _lines('leaked mounts', result.get('leaked_mounts', []),
+                    counts.get('leaked_mounts', 0),
+                    lambda m: b'# leaked mount: ' + escape_name(m, backslash=False))
+    lines += _lines('gone mounts', result.get('gone_mounts', []), counts.get('gone_mounts', 0),
+                    lambda m: b'# gone mount: ' + escape_name(m, backslash=False))
+    return b''.join(_cut(line) + b'\n' for line in lines)
+
+
+def _cut(line):
+    """line, cut to MAX_LINE_BYTES on a UTF-8 character boundary."""
+    if len(line) <= MAX_LINE_BYTES:
+        return line
+    end = MAX_LINE_BYTES - 3
+    while end and 0x80 <= bytearray(line[end:end + 1])[0] < 0xc0:
+        end -= 1
+    return line[:end] + b'...'
 
 
 def has_leaks(result):
-    return (len(result.get('files', ())) > len(result.get('sticky', ())) or
-            any(result.get(key) for key in ('processes', 'leaked_mounts', 'gone_mounts')))
+    counts = result.get('counts', {})
+    return any(counts.get(key) for key in ('leaked_files', 'leaked_processes', 'leaked_mounts',
+                                           'gone_mounts', 'left_files'))
 
 
 def decode_names(names):
@@ -1498,10 +2109,12 @@ def unescape_mount(m):
     return bytes(out)
 
 
-def write_json_report(path, run, result, isolated, reason, code):
-    """Write the JSON report atomically (temporary file, then rename)."""
+def json_report(run, result, isolated, reason, code):
+    """-> the JSON report, as bytes."""
     import json
-    files = leaked_files(result)
+    counts = dict(leaked_files=0, sticky_dirs=0, unreadable_dirs=0, left_files=0,
+                  leaked_mounts=0, gone_mounts=0, leaked_processes=0, killed_pids=0)
+    counts.update(result.get('counts', {}))
     report = {
         'version': __version__,
         'isolated': isolated,
@@ -1511,30 +2124,103 @@ def write_json_report(path, run, result, isolated, reason, code):
         'exit_code': code,
         'duration_s': round(result.get('duration', 0.0), 6),
         'leaked': has_leaks(result),
-        'leaked_files': decode_names(files),
+        'complete': not result.get('errors') and 'done' in result,
+        'errors': result.get('errors', []),
+        'leaked_files': decode_names(leaked_files(result)),
         'sticky_dirs': [fsdecode(p) for p in result.get('sticky', ())],
         'unreadable_dirs': [fsdecode(p) for p in result.get('unreadable', ())],
+        'left_files': [fsdecode(p) for p in result.get('left', ())],
         'leaked_mounts': [fsdecode(unescape_mount(m)) for m in result.get('leaked_mounts', ())],
         'gone_mounts': [fsdecode(unescape_mount(m)) for m in result.get('gone_mounts', ())],
         'leaked_processes': [{'pid': pid, 'name': fsdecode(name), 'argv': [fsdecode(a) for a in argv]}
                              for pid, name, argv in result.get('processes', ())],
         'killed_pids': list(result.get('killed', ())),
+        'counts': counts,
     }
+    report['truncated'] = sorted(key for key, count in counts.items()
+                                 if len(report[key]) < count)
     # One key per line, each value by json's C encoder (indent= would take
     # the pure Python one: ~5 times slower for 100k names).
-    data = '{\n%s\n}\n' % ',\n'.join('  %s: %s' % (json.dumps(key), json.dumps(value, sort_keys=True))
-                                     for key, value in sorted(report.items()))
-    tmp = '%s.%d.tmp' % (path, os.getpid())
-    try:
-        with open(tmp, 'w') as f:
-            f.write(data)
-        os.rename(tmp, path)
-    except (IOError, OSError) as e:
-        warn('%s: write report %s: %s' % (PROG, path, os.strerror(e.errno)))
+    return ('{\n%s\n}\n' % ',\n'.join('  %s: %s' % (json.dumps(key), json.dumps(value, sort_keys=True))
+                                      for key, value in sorted(report.items()))).encode('ascii')
+
+
+class ReportFile(object):
+    """Where --report goes. Its directory is opened once, before the run, and
+    the file is written relative to that descriptor: swapping the directory
+    for a symbolic link during the run changes nothing. A regular file (or
+    none) is replaced atomically by a temporary file with an unpredictable
+    name, created exclusively, without following symbolic links; a device
+    or a pipe (/dev/null, /dev/stdout) is written in place. A symbolic link
+    is followed only as the kernel's fs.protected_symlinks would in a sticky
+    world-writable directory (/tmp): if it is the caller's or the directory
+    owner's."""
+
+    def __init__(self, path):
+        self.path = path
+        self.directory, self.name = os.path.split(path)
+        self.dir_fd = _open_directory(self.directory or '/', 'open directory of --report')
+
+    def write(self, data):
+        """Write data; on failure print why. Changes the working directory."""
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+            os.fchdir(self.dir_fd)
+            self._write(data)
+        except (IOError, OSError) as e:
+            warn('%s: write report %s: %s' % (PROG, self.path, os.strerror(e.errno)))
+        except ValueError as e:
+            warn('%s: write report %s: %s' % (PROG, self.path, e))
+
+    def _write(self, data):
+        try:
+            st = os.lstat(self.name)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            directory = os.fstat(self.dir_fd)
+            if (directory.st_mode & (stat.S_ISVTX | stat.S_IWOTH) == stat.S_ISVTX | stat.S_IWOTH
+                    and st.st_uid not in (os.geteuid(), directory.st_uid)):
+                raise ValueError('a symbolic link of another user in a sticky world-writable '
+                                 'directory: not followed')
+            self._write_in_place(os.open(self.name, os.O_WRONLY | O_CLOEXEC), data)
+        elif st is not None and not stat.S_ISREG(st.st_mode):
+            self._write_in_place(os.open(self.name, os.O_WRONLY | O_NOFOLLOW | O_CLOEXEC), data)
+        else:
+            self._replace(data)
+
+    @staticmethod
+    def _write_in_place(fd, data):
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.ftruncate(fd, 0)
+            write_all(fd, data, errors=True)
+        finally:
+            os.close(fd)
+
+    def _replace(self, data):
+        while True:
+            tmp = '.%s.%s.tmp' % (self.name, ''.join('%02x' % b for b in bytearray(os.urandom(8))))
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                             0o666)
+                break
+            except OSError as e:
+                if e.errno != errno.EEXIST:
+                    raise
+        try:
+            try:
+                write_all(fd, data, errors=True)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.name)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
 
 # -- main ----------------------------------------------------------------------------
@@ -1584,9 +2270,9 @@ def probe(opts):
     run.command = None
     with Undo() as undo:
         install_signal_forwarding(undo)
-        result = run_isolated(run)
+        result = run_supervised(run)
     name = 'userns' if run.userns else 'mountns'
-    error = result.get('error') or result.get('fatal')
+    error = result.get('error') or result.get('fatal') or '; '.join(result['errors']) or None
     words = ['-%s (%s)' % (name, error) if error else '+' + name]
     fuse, reason = fuse_available(run.userns)
     words.append('+fuse' if fuse else '-fuse (%s)' % reason)
@@ -1596,10 +2282,12 @@ def probe(opts):
 
 def execute(opts):
     """Run opts.command isolated (or in fallback), print the report. -> exit status"""
-    run = Run(opts)
+    closed_stdio = occupy_closed_stdio()
+    run = Run(opts, closed_stdio)
     with Undo() as undo:
         try:
             create_mount_points(run.tmpfs)
+            report_file = opts.report and ReportFile(opts.report)
         except SetupError as e:
             warn('%s: %s' % (PROG, e))
             return EXIT_FAILURE
@@ -1607,15 +2295,15 @@ def execute(opts):
         if run.foreground:
             undo.register(give_terminal_to, os.getpgrp())
         isolated, reason = False, 'disabled by --userns off'
-        result = None
+        result = {}
         if opts.userns != 'off':
-            result = run_isolated(run)
+            result = run_supervised(run)
             reason = result.get('error')
             if 'fatal' in result:
                 warn('%s: %s' % (PROG, result['fatal']))
-                return result.get('status', EXIT_FAILURE)
-            if reason is None:
-                isolated = True
+                return EXIT_FAILURE
+            if 'started' in result:
+                isolated, reason = True, None
             elif opts.userns == 'require':
                 warn('%s: user namespaces not available (%s); not running %s (--userns require)'
                      % (PROG, reason, run.command[0]))
@@ -1623,21 +2311,38 @@ def execute(opts):
             else:
                 warn('# user namespaces not available (%s)' % reason)
         if not isolated:
-            try:
-                result = run_fallback(run, undo)
-            except SetupError as e:
-                warn('%s: %s' % (PROG, e))
+            run.isolated = False
+            result = run_supervised(run)
+            if 'started' not in result:
+                warn('%s: %s' % (PROG, result.get('fatal') or result.get('error')))
                 return EXIT_FAILURE
-    code = result['status']
+    return report(opts, run, result, isolated, reason, report_file)
+
+
+def report(opts, run, result, isolated, reason, report_file):
+    """Print what the run left (the JSON report first: the text one may block
+    on a full stderr pipe). -> exit status"""
+    errors = result.get('errors', [])
+    code = result.get('status')
+    if code is None or errors:  # a check failed: the report is incomplete
+        code = code or EXIT_FAILURE
     leaked = has_leaks(result)
     if opts.strict and leaked and code == 0:
         code = EXIT_LEAKED
+    if report_file:
+        report_file.write(json_report(run, result, isolated, reason, code))
     text = format_report(result)
+    for error in errors:
+        text += fsencode('%s: %s; the leak report is incomplete\n' % (PROG, error))
+    if 'status' not in result:
+        text += fsencode('%s: the status of %s is unknown\n' % (PROG, run.command[0]))
     if opts.strict and leaked:
-        text += fsencode('# --strict: the run leaked, exit status %d\n' % code)
+        if code == EXIT_LEAKED:
+            text += fsencode('# --strict: the run leaked: exit status %d\n' % code)
+        else:
+            text += fsencode('# --strict: the run leaked; the command\'s own exit status %d '
+                             'is kept\n' % code)
     write_all(2, text)
-    if opts.report:
-        write_json_report(opts.report, run, result, isolated, reason, code)
     return code
 
 
@@ -1697,8 +2402,11 @@ def _exit(code):
     """Exit without the interpreter's shutdown (~2 ms; everything was
     written with os.write) nor waiting for the supervisor's exit (its parent
     after us reaps it)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # None when the fd was closed at start
+        try:
+            stream.flush()
+        except (AttributeError, EnvironmentError, ValueError):
+            pass
     os._exit(code)
 
 
