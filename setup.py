@@ -2,7 +2,7 @@
 import io
 from setuptools import setup, find_packages
 
-version = '0.1'
+version = '0.2'
 
 
 def read(name):
@@ -44,6 +44,10 @@ setup(
         'zc.buildout': [
             'default = slapos.recipe.isolatedtest:Recipe',
             'suite = slapos.recipe.isolatedtest:Suite',
+            'eggs = slapos.recipe.isolatedtest:Eggs',
+            'parameters = slapos.recipe.isolatedtest_slap:Parameters',
+            'probe = slapos.recipe.isolatedtest_slap:Probe',
+            'publish = slapos.recipe.isolatedtest_slap:Publish',
         ],
         'zc.buildout.extension': [
             'profile_base_location = slapos.recipe.isolatedtest:profile_base_location',

@@ -13,6 +13,7 @@ import zipfile
 import pytest
 
 from conftest import BUILDOUT, CHECKOUT, EGGS, SCRATCH_ROOT, buildout, write
+from slapos.recipe.isolate_exec import __version__ as VERSION
 
 BUILDOUT_PYTHON = os.path.join(os.path.dirname(BUILDOUT['py3']), 'python')
 BUILDOUT_SITE_PACKAGES = '/var/tmp/isolatedtest-buildout/lib/python%d.%d/site-packages' % (
@@ -33,16 +34,16 @@ def dist():
 
 def test_classic_names(dist):
     """setuptools 67.8 (SlapOS's pin) matches these to slapos.recipe.isolatedtest."""
-    assert sorted(os.listdir(dist)) == ['slapos.recipe.isolatedtest-0.1-py3-none-any.whl',
-                                        'slapos.recipe.isolatedtest-0.1.tar.gz']
-    with zipfile.ZipFile(os.path.join(dist, 'slapos.recipe.isolatedtest-0.1-py3-none-any.whl')) as w:
+    assert sorted(os.listdir(dist)) == ['slapos.recipe.isolatedtest-' + VERSION + '-py3-none-any.whl',
+                                        'slapos.recipe.isolatedtest-' + VERSION + '.tar.gz']
+    with zipfile.ZipFile(os.path.join(dist, 'slapos.recipe.isolatedtest-' + VERSION + '-py3-none-any.whl')) as w:
         names = w.namelist()
-    assert 'slapos.recipe.isolatedtest-0.1.dist-info/METADATA' in names
-    assert 'slapos.recipe.isolatedtest-0.1.data/scripts/isolate-exec' in names
+    assert 'slapos.recipe.isolatedtest-' + VERSION + '.dist-info/METADATA' in names
+    assert 'slapos.recipe.isolatedtest-' + VERSION + '.data/scripts/isolate-exec' in names
 
 
 def test_sdist_can_run_its_own_tests_and_example(dist):
-    with tarfile.open(os.path.join(dist, 'slapos.recipe.isolatedtest-0.1.tar.gz')) as t:
+    with tarfile.open(os.path.join(dist, 'slapos.recipe.isolatedtest-' + VERSION + '.tar.gz')) as t:
         names = set(n.split('/', 1)[1] for n in t.getnames() if '/' in n)
     for name in ['tests/conftest.py', 'tests/test_faults.py', '.ci/setup', '.ci/run',
                  'benchmarks/bench.py', 'benchmarks/launcher.c', 'scripts/isolate-exec',
@@ -94,7 +95,7 @@ wrapper-path = ${{buildout:bin-directory}}/runUnitTest
     assert r.returncode == 0, r
     with open(scratch + '/bin/runUnitTest') as f:
         text = f.read()
-    egg = glob.glob(eggs + '/slapos.recipe.isolatedtest-0.1-*.egg')
+    egg = glob.glob(eggs + '/slapos.recipe.isolatedtest-' + VERSION + '-*.egg')
     # this egg, and setuptools, which zc.buildout adds to any egg with
     # namespace packages
     paths = text.split('sys.path[0:0] = [\n', 1)[1].split('  ]', 1)[0].split()
@@ -123,7 +124,7 @@ def test_namespaces_side_by_side_in_egg_layout(ours_first, how, eggs):
     plain script and in ours (NAMESPACE_SETUP first), which does not load
     pkg_resources (~130 ms) to import the runtime."""
     from slapos.recipe.isolate_exec import NAMESPACE_SETUP
-    ours = glob.glob(eggs + '/slapos.recipe.isolatedtest-0.1-*.egg')[0]
+    ours = glob.glob(eggs + '/slapos.recipe.isolatedtest-' + VERSION + '-*.egg')[0]
     template = glob.glob(eggs + '/slapos.recipe.template-*.egg')[0]
     path = [ours, template] if ours_first else [template, ours]
     code = ('import os, sys; sys.path[0:0] = %r\n'

@@ -14,6 +14,7 @@ from conftest import AS_NOBODY, CHECKOUT, Result, host_mounts
 
 SR = os.path.join(CHECKOUT, 'software', 'test-isolation')
 SCRATCH = '/var/tmp/isolatedtest-demo'  # outside /tmp, kept between sessions (the venv)
+PIP_CACHE = '/var/tmp/isolatedtest-demo-pip-cache'
 
 
 def read(name):
@@ -24,7 +25,8 @@ def read(name):
 def test_buildout_hash_cfg_matches_the_templates():
     sections = re.findall(r'^\[(.*)\]\nfilename = (.*)\nmd5sum = (\w+)$',
                           read('buildout.hash.cfg').decode(), re.M)
-    assert sections == [('instance-profile', 'instance.cfg.in', sections[0][2])]
+    assert [s[:2] for s in sections] == [('instance-profile', 'instance.cfg.in'),
+                                         ('instance-schema', 'instance-input-schema.json')]
     for _, filename, md5sum in sections:
         assert hashlib.md5(read(filename)).hexdigest() == md5sum, filename
 
@@ -45,27 +47,44 @@ def test_json_files_are_slapos_formatted(name):
             assert os.path.exists(os.path.join(SR, default[key]))
 
 
-def test_instance_parameters_have_the_schema_defaults():
+def test_every_instance_parameter_is_used():
     schema = json.loads(read('instance-input-schema.json').decode())
     text = read('instance.cfg.in').decode()
-    for name, spec in schema['properties'].items():
-        assert 'configuration.%s = %s\n' % (name, spec['default']) in text
+    for name in schema['properties']:
+        assert '${instance-parameter:%s}' % name in text, name
+
+
+def pip_cache_with_new_style_wheels():
+    """A pip cache holding what broke the demo: a wheel of
+    slapos.recipe.template that pip 24 built, with the new normalized name."""
+    if not any(name.startswith('slapos_recipe_template-') for _, _, names in os.walk(PIP_CACHE)
+               for name in names):
+        venv = PIP_CACHE + '-venv'
+        subprocess.check_call(['/usr/bin/python3', '-m', 'venv', venv])
+        subprocess.check_call([venv + '/bin/pip', 'install', '-q', 'pip==24.2'])
+        subprocess.check_call([venv + '/bin/pip', 'wheel', '-q', '--no-deps', '-w',
+                               venv + '/wheels', 'slapos.recipe.template==5.1'],
+                              env=dict(os.environ, PIP_CACHE_DIR=PIP_CACHE))
+    return PIP_CACHE
+
+
+def run_demo(scratch, env=None):
+    """Run the README's demo command from scratch. -> Result"""
+    tmp_before = set(os.listdir('/tmp'))
+    mounts = host_mounts()
+    subprocess.call(['rm', '-rf', scratch])
+    proc = subprocess.Popen([os.path.join(SR, 'demo'), scratch], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+    out, _ = proc.communicate(timeout=900)
+    subprocess.check_call(['chmod', '-R', 'a+rX', scratch])
+    assert set(os.listdir('/tmp')) == tmp_before
+    assert host_mounts() == mounts
+    return Result(proc, out, b'', 0)
 
 
 @pytest.fixture(scope='module')
 def demo():
-    """Run the README's demo command (the first time, it makes its venv)."""
-    tmp_before = set(os.listdir('/tmp'))
-    mounts = host_mounts()
-    for sub in ('software', 'instance'):
-        subprocess.call(['rm', '-rf', os.path.join(SCRATCH, sub)])
-    proc = subprocess.Popen([os.path.join(SR, 'demo'), SCRATCH], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    out, _ = proc.communicate(timeout=900)
-    subprocess.check_call(['chmod', '-R', 'a+rX', SCRATCH])
-    assert set(os.listdir('/tmp')) == tmp_before
-    assert host_mounts() == mounts
-    return Result(proc, out, b'', 0)
+    return run_demo(SCRATCH)
 
 
 def check_demo_output(text):
@@ -83,12 +102,33 @@ def check_demo_output(text):
 
 
 def test_demo_builds_and_runs_the_suite(demo):
+    """With the venv's own pip (23.0 on Debian 12) and pip's usual cache."""
     assert demo.returncode == 0, demo
     text = demo.stdout
     assert 'demo: building the software release in %s/software\n' % SCRATCH in text
     assert os.path.exists(os.path.join(SCRATCH, 'software', 'instance.cfg'))
     check_demo_output(text)
     assert 'Traceback' not in text and 'Error' not in text
+
+
+def test_demo_with_pip_24_and_a_new_style_wheel_in_its_cache():
+    scratch = SCRATCH + '-pip24'
+    r = run_demo(scratch, {'DEMO_PIP': 'pip==24.2', 'PIP_CACHE_DIR': pip_cache_with_new_style_wheels()})
+    assert r.returncode == 0, r
+    check_demo_output(r.stdout)
+    assert subprocess.check_output([scratch + '/venv/bin/pip', '--version']).startswith(b'pip 24.2 ')
+    subprocess.call(['rm', '-rf', scratch])
+
+
+def test_demo_stops_at_the_failing_step():
+    """A step that fails stops the demo with its own error and status."""
+    scratch = SCRATCH + '-broken'
+    r = run_demo(scratch, {'DEMO_PIP': 'pip==0.0-no-such-version'})
+    assert r.returncode != 0
+    lines = r.stdout.splitlines()
+    assert lines[-1].startswith('demo: pip install pip==0.0-no-such-version failed (exit status ')
+    assert 'runTestSuite' not in r.stdout
+    subprocess.call(['rm', '-rf', scratch])
 
 
 def test_run_suite_as_nobody(demo):
@@ -108,10 +148,14 @@ def test_instance_parameters(demo):
     instance = os.path.join(SCRATCH, 'instance-strict')
     subprocess.call(['rm', '-rf', instance])
     os.makedirs(instance)
-    subprocess.check_call([buildout, '-q', '-c', os.path.join(SCRATCH, 'software', 'instance.cfg'),
-                           'buildout:directory=' + instance, 'buildout:offline=true',
-                           'instance-parameter:configuration.strict=true',
-                           'instance-parameter:configuration.tmp-size=3m'],
+    argv = [buildout, '-q', '-c', os.path.join(SCRATCH, 'software', 'instance.cfg'),
+            'buildout:directory=' + instance]
+    r = subprocess.run(argv + ['instance-parameter:tmp-size=0'], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
+    assert r.returncode != 0
+    assert b"Error: instance parameter tmp-size: invalid value '0'" in r.stdout, r.stdout
+    assert b'Traceback' not in r.stdout
+    subprocess.check_call(argv + ['instance-parameter:strict=true', 'instance-parameter:tmp-size=3m'],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = subprocess.run(AS_NOBODY + [os.path.join(instance, 'bin', 'runTestSuite'), '-k', 'clean|leak-files'],
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd='/')

@@ -44,7 +44,7 @@ try:
 except ImportError:  # Python 2
     import signal
 
-__version__ = '0.1'
+__version__ = '0.2'
 PROG = 'isolate-exec'
 PY2 = sys.version_info[0] == 2
 

@@ -31,6 +31,66 @@ def _split_lines(value):
     return [line.strip() for line in (value or '').splitlines() if line.strip()]
 
 
+def option_error(option, message):
+    return zc.buildout.UserError('%s: %s' % (option, message))
+
+
+def read_absolute_path(options, option, required=False):
+    """An option holding an absolute path. -> normalized path, or None"""
+    value = options.get(option, '').strip()
+    if not value:
+        if required:
+            raise option_error(option, 'missing (required)')
+        return None
+    if not os.path.isabs(value):
+        raise option_error(option, 'path %r must be absolute' % value)
+    return os.path.normpath(value)
+
+
+def read_choice(options, option, choices, default):
+    value = options.get(option, default).strip()
+    if value not in choices:
+        raise option_error(option, 'invalid value %r (%s)' % (value, ' or '.join(choices)))
+    return value
+
+
+def write_file(path, text, mode, logger):
+    """Write text to path atomically, only if its content or mode changed
+    (no IO for buildout's updates). -> True if it was written"""
+    try:
+        with open(path) as f:
+            changed = f.read() != text or os.stat(path).st_mode & 0o7777 != mode
+    except (IOError, OSError):
+        changed = True
+    if changed:
+        tmp = '%s.%d.tmp' % (path, os.getpid())
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+        logger.info('Generated %r.', path)
+    return changed
+
+
+def working_set(buildout, requirements):
+    """The eggs of requirements, as zc.recipe.egg gets them: offline (as
+    slapgrid runs instance buildouts, and SlapOS's testnode too), only what
+    is installed in the eggs and develop-eggs directories, never asking an
+    index; otherwise installed into the eggs directory if missing."""
+    options = buildout['buildout']
+    if options.get('offline') == 'true':
+        return zc.buildout.easy_install.working_set(
+            requirements, sys.executable,
+            [options['develop-eggs-directory'], options['eggs-directory']])
+    # eggs-directory as destination (zc.buildout 3 finds its pip-made eggs there only)
+    return zc.buildout.easy_install.install(
+        requirements, options['eggs-directory'],
+        links=options.get('find-links', '').split(), index=options.get('index'),
+        path=[options['develop-eggs-directory']],
+        newest=options.get('newest') == 'true',
+        allow_hosts=tuple(options.get('allow-hosts', '*').split()))
+
+
 class BaseRecipe(object):
     """Options shared by the wrapper and the suite recipes; each is read and
     checked once, here, and bad input raises UserError naming the option.
@@ -51,27 +111,16 @@ class BaseRecipe(object):
     def __init__(self, buildout, name, options):
         self.buildout, self.name, self.options = buildout, name, options
         self.logger = logging.getLogger(name)
-        self.wrapper_path = self._absolute_path('wrapper-path', required=True)
+        self.wrapper_path = read_absolute_path(options, 'wrapper-path', required=True)
         self.environment = self._environment()
         self.tmpfs = self._private_tmpfs()
-        self.userns = self._choice('userns', ('auto', 'require', 'off'), 'auto')
-        self.strict = self._choice('strict', ('false', 'true'), 'false') == 'true'
+        self.userns = read_choice(options, 'userns', ('auto', 'require', 'off'), 'auto')
+        self.strict = read_choice(options, 'strict', ('false', 'true'), 'false') == 'true'
         self.kill_timeout = self._kill_timeout()
-        self.leak_report = self._absolute_path('leak-report')
-        self.python = self._absolute_path('python') or sys.executable
+        self.leak_report = read_absolute_path(options, 'leak-report')
+        self.python = read_absolute_path(options, 'python') or sys.executable
 
-    def _error(self, option, message):
-        return zc.buildout.UserError('%s: %s' % (option, message))
-
-    def _absolute_path(self, option, required=False):
-        value = self.options.get(option, '').strip()
-        if not value:
-            if required:
-                raise self._error(option, 'missing (required)')
-            return None
-        if not os.path.isabs(value):
-            raise self._error(option, 'path %r must be absolute' % value)
-        return os.path.normpath(value)
+    _error = staticmethod(option_error)
 
     def _environment(self):
         environment = {}
@@ -92,18 +141,15 @@ class BaseRecipe(object):
                 raise self._error('private-tmpfs', 'failed to split %r into size and path' % line)
             if not isolate_exec.TMPFS_OPTIONS['size'](size):
                 raise self._error('private-tmpfs', 'invalid size %r' % size)
+            if not size.strip('0kKmMgGtTpPeE%'):  # tmpfs: size=0 is no limit at all
+                raise self._error('private-tmpfs', 'size %r for %s: no limit; give a size'
+                                  % (size, path))
             specs.append((path, 'size=' + size))
         try:
             isolate_exec.make_tmpfs_table(specs, 'private-tmpfs')
         except isolate_exec.UsageError as e:
             raise zc.buildout.UserError(str(e))
         return specs
-
-    def _choice(self, option, choices, default):
-        value = self.options.get(option, default).strip()
-        if value not in choices:
-            raise self._error(option, 'invalid value %r (%s)' % (value, ' or '.join(choices)))
-        return value
 
     def _kill_timeout(self):
         value = self.options.get('kill-timeout', '5').strip()
@@ -128,32 +174,17 @@ class BaseRecipe(object):
         if its content changed. -> [path]"""
         directory, name = os.path.split(self.wrapper_path)
         if not os.path.isdir(directory):
-            raise self._error('wrapper-path', 'directory %s does not exist' % directory)
+            # as buildout's bin-directory: a missing directory is created,
+            # if its parent exists (a partition's bin/, next to slapgrid's sbin/)
+            if not os.path.isdir(os.path.dirname(directory)):
+                raise self._error('wrapper-path', 'directory %s does not exist' % directory)
+            os.mkdir(directory)
         if not os.path.exists(self.python):
             raise self._error('python', '%s does not exist' % self.python)
-        # as zc.recipe.egg: eggs-directory as destination (zc.buildout 3 finds
-        # its pip-made eggs there only), installing what is missing if online
-        options = self.buildout['buildout']
-        working_set = zc.buildout.easy_install.install(
-            [self.requirement], options['eggs-directory'],
-            links=options.get('find-links', '').split(), index=options.get('index'),
-            path=[options['develop-eggs-directory']],
-            newest=options.get('newest') == 'true',
-            allow_hosts=tuple(options.get('allow-hosts', '*').split()))
-        text = self._script_text(name, function, args, working_set)
+        text = self._script_text(name, function, args,
+                                 working_set(self.buildout, [self.requirement]))
         self._import_runtime(text)
-        try:
-            with open(self.wrapper_path) as f:
-                changed = f.read() != text
-        except IOError:
-            changed = True
-        if changed:
-            tmp = self.wrapper_path + '.tmp'
-            with open(tmp, 'w') as f:
-                f.write(text)
-            os.chmod(tmp, 0o755)
-            os.rename(tmp, self.wrapper_path)
-            self.logger.info('Generated script %r.', self.wrapper_path)
+        write_file(self.wrapper_path, text, 0o755, self.logger)
         return [self.wrapper_path]
 
     def _import_runtime(self, text):
@@ -267,6 +298,31 @@ class Suite(BaseRecipe):
                 self.strict, self.kill_timeout)
 
 
+class Eggs(object):
+    """Install eggs into the eggs directory, for an instance buildout that
+    runs offline (slapgrid's do): a software release lists there what its
+    instance's recipes need, e.g. ``slapos.recipe.isolatedtest[testnode]``
+    (the suite recipe's erp5.util). Offline, it only checks they are there.
+
+    :param lines eggs: requirements, one per line (required)
+    """
+
+    def __init__(self, buildout, name, options):
+        self.requirements = _split_lines(options.get('eggs'))
+        if not self.requirements:
+            raise option_error('eggs', 'missing (required)')
+        try:
+            self.working_set = working_set(buildout, self.requirements)
+        except zc.buildout.UserError as e:
+            raise option_error('eggs', str(e).strip())
+        options['locations'] = '\n'.join(dist.location for dist in self.working_set)
+
+    def install(self):
+        return []
+
+    update = install
+
+
 def profile_base_location(buildout):
     """zc.buildout extension (``extensions = slapos.recipe.isolatedtest``):
     give every section ``${:_profile_base_location_}``, the directory (or URL)
@@ -279,6 +335,9 @@ def profile_base_location(buildout):
     raw = getattr(buildout, '_raw', {})
     for name, section in getattr(buildout, '_annotated', {}).items():
         if name not in raw or '_profile_base_location_' in raw[name]:
+            continue
+        # only where it is used: buildout warns about unused options of parts
+        if not any('_profile_base_location_' in str(value) for value in raw[name].values()):
             continue
         for key in section.values():
             source = getattr(key, 'source', '')
