@@ -362,13 +362,13 @@ def test_double_fork_daemon_ignoring_sigterm(caller, scratch):
             except (IOError, OSError):
                 pass
         return hostpids
+    t0 = time.time()
     p = start(['--kill-timeout', '1', '--', PYTHON, '-c', daemon], caller=caller,
               stderr=subprocess.PIPE)
     wait_for(lambda: os.path.exists(pidfile) and find_daemon(), what='daemon')
-    t0 = time.time()
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0
-    assert time.time() - t0 >= 0.9  # the grace period
+    assert time.time() - t0 >= 1  # the grace period, at least (a lower bound only)
     assert not pid_alive(hostpids[0])
     lines = err.decode().splitlines()
     assert len(lines) == 2, lines
@@ -480,6 +480,9 @@ def test_stdio_pass_through(caller):
     (['--report', '/nonexistent/r.json', 'true'],
      '--report /nonexistent/r.json: directory /nonexistent does not exist'),
     (['--strict=1', 'true'], 'option --strict takes no value'),
+    (['--report', '--strict', 'true'],
+     "option --report needs a value, not '--strict' (give --report=--strict if that is meant)"),
+    (['--', '', 'true'], 'empty command name'),
 ])
 def test_usage_errors(args, message, scratch):
     r = run(args + ['touch', scratch + '/ran'] if args and args[-1] == 'true' else args)

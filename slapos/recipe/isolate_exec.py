@@ -477,7 +477,9 @@ def parse_args(argv):
 
 def check_report_path(path, what='--report'):
     """Check that a report can be written at path; return it absolute (the
-    command may change directory, the report is written on the host)."""
+    command may change directory, the report is written on the host). A
+    device or a pipe (/dev/stdout) is written in place: it must be writable;
+    a file is replaced: its directory must be."""
     if not path:
         raise UsageError('%s: empty path' % what)
     path = os.path.abspath(path)
@@ -486,7 +488,10 @@ def check_report_path(path, what='--report'):
         raise UsageError('%s %s: is a directory' % (what, path))
     if not os.path.isdir(directory):
         raise UsageError('%s %s: directory %s does not exist' % (what, path, directory))
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+        if not os.access(path, os.W_OK):
+            raise UsageError('%s %s: not writable' % (what, path))
+    elif not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError('%s %s: directory %s is not writable' % (what, path, directory))
     return path
 
@@ -1870,17 +1875,33 @@ class PrivateDir(object):
             raise SetupError('open %s: %s' % (self.path, os.strerror(e.errno)))
         self.st = os.fstat(self.fd)
 
-    def remove(self):
-        """Delete the directory itself, if it is still the one we made."""
+    def remove(self, report):
+        """Delete the directory itself (empty by now), where it is: under its
+        name, or under the name the test renamed it to in the same parent
+        (its descriptor tells). A symbolic link the test put at its name is
+        deleted (never followed) and reported. -> False if it is left"""
         os.fchdir(self.parent_fd)
         try:
             st = os.lstat(self.name)
+            if stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(self.name)
+                report.add(fsencode(self.path))
         except OSError:
-            return True  # the test deleted it
-        if (st.st_dev, st.st_ino) != (self.st.st_dev, self.st.st_ino):
-            return True  # replaced: not ours to delete
+            pass
         try:
-            os.rmdir(self.name)
+            where = os.readlink('/proc/self/fd/%d' % self.fd)
+        except OSError:
+            where = self.path
+        if where.endswith(' (deleted)'):  # the test deleted it
+            return True
+        if os.path.dirname(where) != os.path.dirname(self.path):
+            return False  # moved elsewhere: left there
+        name = os.path.basename(where)
+        try:
+            st = os.lstat(name)
+            if (st.st_dev, st.st_ino) != (self.st.st_dev, self.st.st_ino):
+                return False
+            os.rmdir(name)
             return True
         except OSError:
             return False
@@ -1902,7 +1923,7 @@ class FallbackChecks(Checks):
         report = FileReport()
         Walk(report, self.private.fd, fsencode(self.private.path), remove=True).run(
             self.private.fd)
-        if not self.private.remove():
+        if not self.private.remove(report):
             report.add_special('left', fsencode(self.private.path) + b'/')
         return report.result()
 
