@@ -36,7 +36,7 @@ setup(
     python_requires='>=2.7',
     install_requires=[],  # the runtime is standard library only
     extras_require={
-        'test': ['pytest', 'build'],
+        'test': ['pytest', 'pytest-timeout', 'build'],
         'testnode': ['erp5.util'],  # runTestSuite --master_url
     },
     scripts=['scripts/isolate-exec'],

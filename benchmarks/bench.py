@@ -21,9 +21,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
-SCRATCH = '/var/tmp/isolatedtest-bench'  # outside /tmp: runs have their own /tmp
+PREFIX = os.environ.get('ISOLATEDTEST_PREFIX', '/var/tmp/isolatedtest')  # as .ci/setup's
+SCRATCH = PREFIX + '-bench'  # outside /tmp: runs have their own /tmp
 PEERS = os.path.join(SCRATCH, 'peers')
-BUILDOUT = '/var/tmp/isolatedtest-buildout'
+BUILDOUT = PREFIX + '-buildout'
 NOBODY = ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups']
 MOUNT_FLOOR = ['unshare', '-Umc', '--keep-caps', 'sh', '-c',
                'mount -t tmpfs none /tmp && mount -t tmpfs none /dev/shm && exec true']
@@ -140,7 +141,7 @@ def main():
     parser.add_argument('--runs', type=int, default=40, help='runs per command (default 40)')
     parser.add_argument('--leak-runs', type=int, default=7,
                         help='runs per leak-report command (default 7)')
-    parser.add_argument('--venv', default='/var/tmp/isolatedtest-venv',
+    parser.add_argument('--venv', default=PREFIX + '-venv',
                         help='virtualenv with the project installed (default: .ci/setup\'s)')
     parser.add_argument('--peers', action='store_true',
                         help='install bubblewrap and nxdtest first')

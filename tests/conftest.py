@@ -18,10 +18,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 ISOLATE_EXEC = os.path.join(BIN, 'isolate-exec')
-SCRATCH_ROOT = os.environ.get('ISOLATEDTEST_SCRATCH', '/var/tmp/isolatedtest-tests')
-PY27 = os.environ.get('ISOLATEDTEST_PY27', '/var/tmp/isolatedtest-py27/bin/python2.7')
+# Everything the tests use or leave is in PREFIX-* folders (.ci/setup makes
+# them; `.ci/clean` removes them): world-readable, outside /tmp.
+PREFIX = os.environ.get('ISOLATEDTEST_PREFIX', '/var/tmp/isolatedtest')
+SCRATCH_ROOT = PREFIX + '-tests'
+PY27 = PREFIX + '-py27/bin/python2.7'
 if not os.access(PY27, os.X_OK):
     PY27 = None
+PY27_MISSING = ('Python 2.7 tests not run: no %s-py27 (.ci/setup copies a pyenv 2.7 there; '
+                'any CPython 2.7 prefix nobody can run will do)' % PREFIX)
+
+
+def need(available, reason, requirement):
+    """A test needing something this machine may lack: where CI asked for
+    it (ISOLATEDTEST_REQUIRE=py27,slapos), its absence fails the test;
+    elsewhere the test is not run, and says why."""
+    if available:
+        return
+    if requirement in os.environ.get('ISOLATEDTEST_REQUIRE', '').split(','):
+        pytest.fail(reason + ' (required here by ISOLATEDTEST_REQUIRE)')
+    pytest.skip(reason)
 # Payloads that run as nobody need an interpreter nobody can execute
 # (pyenv's live under /root, mode 0700).
 PYTHON = '/usr/bin/python3'
@@ -77,9 +93,7 @@ def command_line(args, caller='root', sandbox=False, python=None):
     """argv running isolate-exec with args, as caller, optionally in the
     no-userns sandbox, with python 'py3' (the console script) or 'py27'."""
     if python == 'py27':
-        if not PY27:
-            pytest.fail('ISOLATEDTEST_PY27 is not set: .ci/run provides a Python 2.7 '
-                        'nobody can run')
+        need(PY27, PY27_MISSING, 'py27')
         tool = [PY27, '-m', 'slapos.recipe.isolate_exec']
     else:
         tool = [ISOLATE_EXEC]
@@ -123,6 +137,7 @@ def start(args, caller='root', sandbox=False, python=None, env=None, **kw):
 
 
 def wait_for(predicate, timeout=10, what='condition'):
+    """Poll predicate until it is true; fail after timeout seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -154,6 +169,14 @@ def descendants(pid):
     return found
 
 
+def run_leftovers(names=()):
+    """What a run could have left in the host's /tmp and /dev/shm: fallback
+    private directories, and the given names (not the whole listing: other
+    processes of the machine use /tmp too)."""
+    return sorted(os.path.join(d, n) for d in ('/tmp', '/dev/shm') for n in os.listdir(d)
+                  if n.startswith('isolate-exec.') or n in names)
+
+
 def host_mounts():
     with open('/proc/self/mountinfo') as f:
         return [' '.join(l.split()[3:]) for l in f.read().splitlines()]
@@ -172,11 +195,9 @@ def scratch_root():
                         os.path.join(SCRATCH_ROOT, 'py27lib', 'slapos'))
         subprocess.check_call(['chmod', '-R', 'a+rX', os.path.join(SCRATCH_ROOT, 'py27lib')])
     mounts = host_mounts()
-    tmp_before = set(os.listdir('/tmp'))
     yield SCRATCH_ROOT
     assert host_mounts() == mounts
-    left = [n for n in set(os.listdir('/tmp')) - tmp_before if n.startswith('isolate-exec')]
-    assert left == []
+    assert run_leftovers() == []
     shutil.rmtree(SCRATCH_ROOT)
 
 
@@ -213,10 +234,10 @@ def tmpfs_paths():
 # -- buildout -------------------------------------------------------------------
 
 BUILDOUT = {
-    'py3': '/var/tmp/isolatedtest-buildout/bin/buildout',  # zc.buildout 3.0.1
-    'py27': '/var/tmp/isolatedtest-py27/bin/buildout',     # zc.buildout 2.13.8
+    'py3': PREFIX + '-buildout/bin/buildout',  # zc.buildout 3.0.1
+    'py27': PREFIX + '-py27/bin/buildout',     # zc.buildout 2.13.8
 }
-EGGS = '/var/tmp/isolatedtest-eggs'  # erp5.util, slapos.recipe.template...: .ci/setup
+EGGS = PREFIX + '-eggs'  # erp5.util, slapos.recipe.template...: .ci/setup
 PROJECT_FILES = ('setup.py', 'pyproject.toml', 'README.md', 'CHANGES.txt', 'slapos', 'scripts')
 
 
@@ -251,6 +272,8 @@ def write(path, text):
 
 def buildout(directory, config, python='py3', args=()):
     """Write directory/buildout.cfg and run buildout there. -> Result"""
+    if python == 'py27':
+        need(PY27, PY27_MISSING, 'py27')
     if not os.path.exists(directory):
         os.makedirs(directory)
     write(os.path.join(directory, 'buildout.cfg'), config)

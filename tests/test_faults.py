@@ -279,33 +279,44 @@ def test_test_drops_caps_calls_setsid_mounts_over_tmp(caller, mode):
 
 def test_ctrl_c_on_a_terminal_reaches_the_command_once():
     """On a terminal, the command is the foreground process group: Ctrl-C
-    reaches it once, not once per process of the chain."""
-    argv = command_line(sh('trap "echo INT; n=$((n+1))" INT; echo ready; n=0; '
+    reaches it once, not once per process of the chain. The script says
+    "ready" only once its trap and counter are set (no race), and every read
+    and wait has a deadline."""
+    argv = command_line(sh('n=0; trap "echo INT; n=\\$((n+1))" INT; echo ready; '
                            'while [ $n -lt 1 ]; do sleep 0.05; done; sleep 0.5; echo n=$n'),
                         caller='nobody')
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir('/')
         os.execvp(argv[0], argv)
-    out = b''
-    try:
-        while b'ready' not in out:
-            try:
-                out += os.read(fd, 1024)
-            except OSError:  # EIO: the terminal's other side is closed
-                raise AssertionError(out)
-        os.write(fd, b'\x03')
-        while True:
-            if not select.select([fd], [], [], 10)[0]:
+    out, status, done, deadline = b'', None, 0, time.time() + 30
+
+    def read_until(predicate):
+        nonlocal out
+        while not predicate(out) and time.time() < deadline:
+            if not select.select([fd], [], [], max(0, deadline - time.time()))[0]:
                 break
             try:
                 data = os.read(fd, 1024)
-            except OSError:
+            except OSError:  # EIO: the terminal's other side is closed
                 break
             if not data:
                 break
             out += data
+    try:
+        read_until(lambda o: b'ready' in o)
+        assert b'ready' in out, out
+        os.write(fd, b'\x03')
+        read_until(lambda o: b'n=' in o)
+        while time.time() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.02)
     finally:
-        _, status = os.waitpid(pid, 0)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    assert done, 'isolate-exec still running after 30 s: %r' % out
     assert os.WEXITSTATUS(status) == 0, out
     assert out.count(b'INT') == 1 and b'n=1' in out, out

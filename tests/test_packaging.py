@@ -12,12 +12,12 @@ import zipfile
 
 import pytest
 
-from conftest import BUILDOUT, CHECKOUT, EGGS, SCRATCH_ROOT, buildout, write
+from conftest import BUILDOUT, CHECKOUT, EGGS, PREFIX, SCRATCH_ROOT, buildout, write
 from slapos.recipe.isolate_exec import __version__ as VERSION
 
 BUILDOUT_PYTHON = os.path.join(os.path.dirname(BUILDOUT['py3']), 'python')
-BUILDOUT_SITE_PACKAGES = '/var/tmp/isolatedtest-buildout/lib/python%d.%d/site-packages' % (
-    sys.version_info[:2])
+BUILDOUT_SITE_PACKAGES = '%s-buildout/lib/python%d.%d/site-packages' % (
+    (PREFIX,) + sys.version_info[:2])
 
 
 @pytest.fixture(scope='module')

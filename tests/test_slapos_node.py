@@ -20,15 +20,18 @@ import time
 
 import pytest
 
-from conftest import CHECKOUT, NO_USERNS, descendants, host_mounts, pid_alive, wait_for
+from conftest import (CHECKOUT, NO_USERNS, PREFIX, descendants, host_mounts, need, pid_alive,
+                      wait_for)
 from slapos.recipe.isolatedtest_slap import unmarshal
 
-PYTHON312 = '/var/tmp/isolatedtest-py312/bin/python3.12'
+PYTHON312 = PREFIX + '-py312/bin/python3.12'
 NODES = {  # zc.buildout flavour -> virtualenv of slapos.core (.ci/setup)
-    'zc.buildout-3.0.1': '/var/tmp/isolatedtest-slapos-zcb3',
-    'zc.buildout-current': '/var/tmp/isolatedtest-slapos',
+    'zc.buildout-3.0.1': PREFIX + '-slapos-zcb3',
+    'zc.buildout-current': PREFIX + '-slapos',
 }
-ROOT = os.environ.get('ISOLATEDTEST_NODE_ROOT', '/var/tmp/isolatedtest-node')
+ROOT = PREFIX + '-node'
+MISSING = ('SlapOS node test not run: no %s (slapos.core 1.26 needs Python >= 3.12 for its '
+           'node commands; .ci/setup copies a pyenv 3.12 there and installs slapos.core)')
 INDEX_PORT, MASTER_PORT = 40081, 40080
 NO_INDEX = {'https_proxy': 'http://127.0.0.1:9', 'http_proxy': 'http://127.0.0.1:9',
             'no_proxy': '127.0.0.1', 'buildout_testing_index_url': 'http://127.0.0.1:%d/' % INDEX_PORT}
@@ -151,9 +154,7 @@ database_uri = %(root)s/proxy.db
 def index():
     """The release's complete index, built from this checkout by make-index
     (downloads kept between runs in INDEX.cache; a clean cache downloads)."""
-    if not os.access(PYTHON312, os.X_OK):
-        pytest.fail('%s missing: .ci/setup copies a Python >= 3.12 (slapos.core 1.26 '
-                    'needs it for its node commands)' % PYTHON312)
+    need(os.access(PYTHON312, os.X_OK), MISSING % PYTHON312, 'slapos')
     path = ROOT + '-index'
     subprocess.run([os.path.join(CHECKOUT, 'software', 'test-isolation', 'make-index'),
                     '--python', PYTHON312, path], check=True, stdout=subprocess.PIPE,
@@ -164,8 +165,7 @@ def index():
 @pytest.fixture(params=sorted(NODES))
 def node(request, index):
     venv = NODES[request.param]
-    if not os.access(os.path.join(venv, 'bin', 'slapos'), os.X_OK):
-        pytest.fail('%s missing: .ci/setup installs slapos.core there' % venv)
+    need(os.access(os.path.join(venv, 'bin', 'slapos'), os.X_OK), MISSING % venv, 'slapos')
     root = '%s-%s' % (ROOT, request.param)
     if os.path.exists(root):
         shutil.rmtree(root)

@@ -10,11 +10,14 @@ import subprocess
 
 import pytest
 
-from conftest import AS_NOBODY, CHECKOUT, Result, host_mounts
+from conftest import AS_NOBODY, CHECKOUT, PREFIX, Result, host_mounts, run_leftovers
 
 SR = os.path.join(CHECKOUT, 'software', 'test-isolation')
-SCRATCH = '/var/tmp/isolatedtest-demo'  # outside /tmp, kept between sessions (the venv)
-PIP_CACHE = '/var/tmp/isolatedtest-demo-pip-cache'
+SCRATCH = PREFIX + '-demo'  # outside /tmp
+PIP_CACHE = PREFIX + '-demo-pip-cache'
+# what the demo's cases would leave in a shared /tmp or /dev/shm
+DEMO_NAMES = ('scratch', 'fixed-name.lock', 'faketime-segment', 'leaked-file', 'leaked-dir',
+              'leaked-segment', 'mnt', 'daemon.pid')
 
 
 def read(name):
@@ -70,14 +73,13 @@ def pip_cache_with_new_style_wheels():
 
 def run_demo(scratch, env=None):
     """Run the README's demo command from scratch. -> Result"""
-    tmp_before = set(os.listdir('/tmp'))
     mounts = host_mounts()
     subprocess.call(['rm', '-rf', scratch])
     proc = subprocess.Popen([os.path.join(SR, 'demo'), scratch], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
     out, _ = proc.communicate(timeout=900)
     subprocess.check_call(['chmod', '-R', 'a+rX', scratch])
-    assert set(os.listdir('/tmp')) == tmp_before
+    assert run_leftovers(DEMO_NAMES) == []
     assert host_mounts() == mounts
     return Result(proc, out, b'', 0)
 
@@ -132,7 +134,6 @@ def test_demo_stops_at_the_failing_step():
 
 
 def test_run_suite_as_nobody(demo):
-    tmp_before = set(os.listdir('/tmp'))
     proc = subprocess.Popen(AS_NOBODY + [os.path.join(SCRATCH, 'instance', 'bin', 'runTestSuite')],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd='/')
     out, _ = proc.communicate(timeout=300)
@@ -140,7 +141,7 @@ def test_run_suite_as_nobody(demo):
     assert proc.returncode == 0, text
     assert 'xnode:\tnobody@' in text
     check_demo_output(text)
-    assert set(os.listdir('/tmp')) == tmp_before
+    assert run_leftovers(DEMO_NAMES) == []
 
 
 def test_instance_parameters(demo):

@@ -109,6 +109,12 @@ def test_list_and_run_filter(runner):
     r = run_suite(runner, ['-k', '('])
     assert r.returncode == 2 and r.stdout.count('\n') == 1
     assert r.stdout.startswith("runTestSuite: error: -k/--run '(': ")
+    r = run_suite(runner, ['-l', '-k', '^(write|check)$'])
+    assert (r.returncode, r.stdout) == (0, 'write\ncheck\n')
+    r = run_suite(runner, ['-k', 'nomatch'])  # a typo must not pass
+    assert r.returncode == 5
+    assert r.stdout == ("runTestSuite: error: -k/--run 'nomatch' matches no test case (%s)\n"
+                        % ', '.join(name for name, _ in CASES))
 
 
 def test_help_lists_the_testnode_options(runner):

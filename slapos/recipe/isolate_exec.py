@@ -1528,6 +1528,15 @@ class FileReport(object):
             self.paths.append(path)
             self.size += len(path) + 1
 
+    def add_files(self, directory, names):
+        """The files of one directory (directory ends with '/'): one step
+        for all of them, as long as they fit."""
+        self.count += len(names)
+        if self.size < MAX_NAME_BYTES and names:
+            paths = [directory + name for name in names]
+            self.paths.extend(paths)
+            self.size += len(directory) * len(names) + sum(map(len, names)) + len(names)
+
     def add_special(self, kind, path):
         setattr(self, kind + '_count', getattr(self, kind + '_count') + 1)
         items = getattr(self, kind)
@@ -1606,14 +1615,17 @@ class Walk(object):
             self.report.add_special('unreadable', self.path(b'')[:-1] + b'/'
                                     if self.report.keeps() else None)
             return []
-        for name in files:
-            path = self.path(name)
-            self.report.add(path)
-            if self.remove:
+        directory = self.path(b'')  # b'PREFIX/.../' or None past the budget
+        if directory is None:
+            self.report.count += len(files)
+        else:
+            self.report.add_files(directory, files)
+        if self.remove:
+            for name in files:
                 try:
                     os.unlink(name)
                 except OSError:
-                    self.report.add_special('left', path)
+                    self.report.add_special('left', self.path(name))
         return dirs[::-1]
 
     def _enter(self, name, st):

@@ -44,6 +44,7 @@ from slapos.recipe import isolate_exec
 # (as nxdtest: not too often, not to load it).
 MASTER_POLL_INTERVAL = float(os.environ.get('RUNTESTSUITE_MASTER_POLL_INTERVAL', 300))
 SIGNAL_NAMES = {signal.SIGINT: 'SIGINT', signal.SIGTERM: 'SIGTERM'}
+EXIT_NO_CASE = 5  # -k matched nothing (as pytest's "no tests collected")
 TESTNODE_OPTIONS = (
     # always passed by the test node
     ('--master_url', 'URL of the master collecting results (local run if not given)'),
@@ -414,8 +415,13 @@ def run_suite(cases, environment=None, tmpfs=(), userns='auto', strict=False,
     prog = os.path.basename(sys.argv[0])
     args = parse_args(sys.argv[1:], prog)
     suite = Suite(cases, environment or {}, tmpfs, userns, strict, kill_timeout)
+    selected = [name for name in suite.names if not args.run or re.search(args.run, name)]
+    if not selected:  # a typo must not pass: pytest exits 5 when it collects nothing
+        sys.stderr.write('%s: error: -k/--run %r matches no test case (%s)\n'
+                         % (prog, args.run, ', '.join(suite.names)))
+        return EXIT_NO_CASE
     if args.list:
-        for name in suite.names:
+        for name in selected:
             emit(name)
         return 0
     for signum in (signal.SIGINT, signal.SIGTERM):
