@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from conftest import (AS_NOBODY, CALLERS, PREFIX, PY27, PYTHON, Result, buildout,
-                      buildout_section, write)
+from conftest import (AS_NOBODY, CALLERS, PREFIX, PY27, PY27_MISSING, PYTHON, Result, buildout,
+                      buildout_section, need, write)
 
 PART = '''
 [directory]
@@ -146,6 +146,7 @@ def test_python27_buildout(caller, scratch, src):
 
 
 def test_python_option_sets_the_interpreter(scratch, src):
+    need(PY27, PY27_MISSING, 'py27')
     r = buildout(scratch, config(scratch, src, 'python = %s' % PY27))
     assert r.returncode == 0, r
     with open(scratch + '/bin/runUnitTest') as f:

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -94,7 +95,7 @@ def test_local_run(caller, runner):
     assert case_output(text, 'unittest-like')[-1].endswith('\t# 3t 1e 0f 0s')
     assert case_output(text, 'broken')[2:] == ['oops', case_output(text, 'broken')[-1]]
     assert case_output(text, 'broken')[-1].startswith('error\tbroken\t')
-    assert text.endswith('\n# ran 6 test cases: 3\u00b7ok 1\u00b7fail 2\u00b7error\n')
+    assert text.endswith('\n# ran 6 test cases:  3\u00b7ok  1\u00b7fail  2\u00b7error\n')
     assert r.returncode == 1
     assert not os.path.exists('/tmp/same') and not os.path.exists('/tmp/leaked-by-this-case')
 
@@ -105,7 +106,7 @@ def test_list_and_run_filter(runner):
     r = run_suite(runner, ['-k', '^(write|check)$'], caller='nobody')
     assert r.returncode == 0, r
     assert re.findall(r'^>>> (.*)$', r.stdout, re.M) == ['write', 'check']
-    assert r.stdout.endswith('# ran 2 test cases: 2\u00b7ok 0\u00b7fail 0\u00b7error\n')
+    assert r.stdout.endswith('# ran 2 test cases:  2\u00b7ok\n')
     r = run_suite(runner, ['-k', '('])
     assert r.returncode == 2 and r.stdout.count('\n') == 1
     assert r.stdout.startswith("runTestSuite: error: -k/--run '(': ")
@@ -198,7 +199,8 @@ def test_master_run(caller, runner):
     leak = master.stopped['leak']
     assert (leak['test_count'], leak['error_count'], leak['failure_count']) == (1, 0, 0)
     assert leak['command'] == b"sh -c 'touch /tmp/leaked-by-this-case'"
-    assert leak['stderr'] == b'# leaked /tmp/leaked-by-this-case\n'
+    # on stdout, where nxdtest's trun printed it
+    assert leak['stdout'] == b'# leaked /tmp/leaked-by-this-case\n' and leak['stderr'] == b''
     assert re.match(br'^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d$', leak['date'])
     assert 0 < leak['duration'] < 60
     assert master.stopped['pytest-like']['failure_count'] == 1
@@ -219,7 +221,7 @@ def test_master_cancels_the_run(runner):
     assert sorted(master.stopped) == ['check', 'write']
     assert '# master asks to cancel test run\n' in r.stdout
     assert r.stdout.endswith(
-        '# ran 2 test cases: 2\u00b7ok 0\u00b7fail 0\u00b7error (run cancelled: by the master)\n')
+        '# ran 2 test cases:  2\u00b7ok (run cancelled: by the master)\n')
 
 
 def test_master_cancels_during_a_case(scratch, src):
@@ -261,7 +263,7 @@ def test_signal_cancels_the_run(signum, scratch, src):
     assert long[2:] == ['interrupted', '# leaked /tmp/leak', long[-1]]
     assert long[-1].startswith('error\tlong\t')
     assert '>>> never' not in text
-    assert text.endswith('# ran 2 test cases: 1\u00b7ok 0\u00b7fail 1\u00b7error (run cancelled: %s)\n'
+    assert text.endswith('# ran 2 test cases:  1\u00b7ok  1\u00b7error (run cancelled: %s)\n'
                          % {signal.SIGTERM: 'SIGTERM', signal.SIGINT: 'SIGINT'}[signum])
 
 
@@ -284,7 +286,7 @@ def test_log_directory_keeps_each_leak_report(scratch, runner):
 
 
 @pytest.mark.parametrize('cases, message', [
-    ('', 'test-cases: missing (required)'),
+    ('', 'test-cases: missing (required, or nxdtest)'),
     ('  a/b true', "test-cases: invalid name 'a/b' (a word: letters, digits, _ . -)"),
     ('  a true\n  a false', "test-cases: name 'a' given twice"),
     ('  lonely', "test-cases: no command line for 'lonely'"),
@@ -298,3 +300,131 @@ def test_bad_test_cases_stop_buildout(cases, message, scratch, src):
     assert 'Error: %s\n' % message in output, output
     assert 'Traceback' not in output
     assert not os.path.exists(os.path.join(scratch, 'bin', 'runTestSuite'))
+
+
+# -- a drop-in for nxdtest ------------------------------------------------------------------
+
+NXDTEST_FILE = r'''
+import os
+TestCase('unit/py', [%(python)r, '-c', 'import os; print(os.getcwd()); print("=== 2 passed, 1 skipped in 0.01s ===")'],
+         cwd=%(cwd)r, summaryf=PyTest.summary)
+TestCase('env/adj', ['sh', '-c', 'echo $NXD_ADJ; touch /tmp/left'], envadj={'NXD_ADJ': 'adjusted'})
+def my_summary(out, err):
+    return {'test_count': int(out.split()[0]), 'failure_count': 1}
+TestCase('custom', ['sh', '-c', 'echo 9 tests'], summaryf=my_summary)
+'''
+
+NXDTEST_SUITE = '''
+[runTestSuite]
+recipe = slapos.recipe.isolatedtest:suite
+wrapper-path = ${buildout:directory}/bin/runTestSuite
+nxdtest = .nxdtest
+'''
+
+
+@pytest.fixture
+def nxdtest_runner(scratch, src):
+    """A runner of the recipe with `nxdtest = .nxdtest`, run in a directory
+    holding a .nxdtest file, as nxdtest is."""
+    workdir = os.path.join(scratch, 'project')
+    os.makedirs(os.path.join(workdir, 'sub'))
+    with open(os.path.join(workdir, '.nxdtest'), 'w') as f:
+        f.write(NXDTEST_FILE % {'python': PYTHON, 'cwd': os.path.join(workdir, 'sub')})
+    r = buildout(scratch, buildout_section('runTestSuite', src, scratch) + NXDTEST_SUITE)
+    assert r.returncode == 0, r
+    return os.path.join(scratch, 'bin', 'runTestSuite'), workdir
+
+
+def run_in(workdir, argv, caller='root'):
+    prefix = AS_NOBODY if caller == 'nobody' else []
+    proc = subprocess.Popen(prefix + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=workdir)
+    out, _ = proc.communicate(timeout=300)
+    return Result(proc, out, b'', 0)
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_nxdtest_file(caller, nxdtest_runner):
+    runner, workdir = nxdtest_runner
+    r = run_in(workdir, [runner, '-l'], caller)
+    assert (r.returncode, r.stdout) == (0, 'unit/py\nenv/adj\ncustom\n')  # nxdtest's names
+    r = run_in(workdir, [runner, '--verbose', '-k', 'unit|env'], caller)
+    text = r.stdout
+    unit = case_output(text, 'unit/py')
+    assert unit[2] == os.path.join(workdir, 'sub')  # cwd=
+    assert re.match(r'^ok\tunit/py\t\d+\.\d{3}s\t# 3t 0e 0f 1s$', unit[-1])
+    env = case_output(text, 'env/adj')
+    assert env[1] == "$ sh -c 'echo $NXD_ADJ; touch /tmp/left' # NXD_ADJ=adjusted"  # nxdtest's
+    assert env[2:4] == ['adjusted', '# leaked /tmp/left']  # envadj=; the report on stdout
+    assert text.endswith('\n# ran 2 test cases:  2\u00b7ok\n')
+    r = run_in(workdir, [runner, '-k', 'custom'], caller)
+    assert case_output(r.stdout, 'custom')[-1].endswith('\t# 9t 0e 1f 0s')  # summaryf=
+    assert r.stdout.endswith('\n# ran 1 test case:  1\u00b7fail\n') and r.returncode == 1
+
+
+def test_nxdtest_file_errors_are_one_line(nxdtest_runner):
+    runner, workdir = nxdtest_runner
+    with open(os.path.join(workdir, '.nxdtest'), 'w') as f:
+        f.write("TestCase('a', ['true'])\nTestCase('a', ['false'])\n")
+    r = run_in(workdir, [runner])
+    assert (r.returncode, r.stdout) == (
+        2, "runTestSuite: error: .nxdtest: ValueError: TestCase 'a' declared twice\n")
+    os.unlink(os.path.join(workdir, '.nxdtest'))
+    r = run_in(workdir, [runner, '-l'])
+    assert r.returncode == 2 and r.stdout.startswith('runTestSuite: error: .nxdtest: ')
+    assert r.stdout.count('\n') == 1
+
+
+# -- cases in parallel, a per-case timeout, what --strict counts ----------------------------------
+
+def test_node_quantity_runs_cases_at_once(scratch, src):
+    cases = [('sleep%d' % i, "sh -c 'echo start %d; sleep 1; echo end %d'" % (i, i))
+             for i in range(4)]
+    runner = make_suite(scratch, src, cases)
+    start = time.time()
+    r = run_suite(runner, ['--node_quantity', '2'], caller='nobody')
+    elapsed = time.time() - start
+    assert r.returncode == 0, r
+    # each case's output whole, not interleaved
+    for i in range(4):
+        assert case_output(r.stdout, 'sleep%d' % i)[2:4] == ['start %d' % i, 'end %d' % i]
+    assert r.stdout.endswith('# ran 4 test cases:  4\u00b7ok\n')
+    assert elapsed < 3.5, elapsed  # two at a time: ~2 s (one at a time: 4 s)
+
+
+def test_hung_case_is_stopped_by_the_timeout(scratch, src):
+    runner = make_suite(scratch, src, [
+        ('hung', "sh -c 'touch /tmp/before; (sleep 1000 &); trap \"\" TERM; sleep 1000'"),
+        ('next', 'true')], extra='timeout = 1\nkill-timeout = 0.5')
+    start = time.time()
+    r = run_suite(runner, caller='nobody')
+    assert time.time() - start < 60
+    hung = case_output(r.stdout, 'hung')
+    assert '# timed out after 1 s: stopped with SIGTERM, then SIGKILL' in hung
+    assert '# leaked /tmp/before' in hung and [l for l in hung if l.startswith('# leaked pid=')]
+    assert hung[-1].startswith('error\thung\t')
+    assert r.stdout.endswith('# ran 2 test cases:  1\u00b7ok  1\u00b7error\n')
+    r = run_suite(runner, ['--timeout', '0.5', '-k', 'next'])
+    assert r.returncode == 0
+
+
+def test_strict_ignores_what_the_runner_leaves_by_design(scratch, src):
+    """pytest always leaves /tmp/pytest-of-USER (tmp_path): leak-ignore names it."""
+    with open(os.path.join(scratch, 'test_tmp.py'), 'w') as f:
+        f.write('def test_tmp(tmp_path):\n    (tmp_path / "f").write_text("x")\n')
+    os.chmod(scratch, 0o777)
+    case = ('pytest', '%s -m pytest -p no:cacheprovider -q %s/test_tmp.py'
+            % (sys.executable, scratch))  # the tests' virtualenv, which nobody can run
+    runner = make_suite(scratch, src, [case], extra='strict = true\nleak-ignore = /tmp/pytest-of-*')
+    r = run_suite(runner, caller='nobody')
+    assert r.returncode == 0, r
+    assert '# leaked' not in r.stdout
+
+
+def test_multiprocessing_resource_tracker_is_not_a_leak():
+    """It exits a fraction of a millisecond after its parent."""
+    from conftest import run as isolate
+    for _ in range(5):
+        r = isolate(['--strict', '--', PYTHON, '-c', 'from multiprocessing import '
+                     'resource_tracker as r; r.ensure_running()'], caller='nobody')
+        assert (r.returncode, r.report) == (0, []), r

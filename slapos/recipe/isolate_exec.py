@@ -77,6 +77,7 @@ sys.modules['slapos'].recipe = sys.modules['slapos.recipe']
 # Exit statuses (also documented in USAGE).
 EXIT_USAGE = 2          # bad command line
 EXIT_LEAKED = 3         # --strict, the command succeeded but something leaked
+EXIT_TIMEOUT = 124      # --timeout (as GNU timeout)
 EXIT_FAILURE = 125      # isolate-exec itself failed (or --userns require)
 EXIT_CANNOT_EXEC = 126  # the command exists but cannot be executed
 EXIT_NOT_FOUND = 127    # the command was not found
@@ -115,8 +116,16 @@ options:
   --strict        exit with status 3 when anything leaked and COMMAND
                   succeeded (a failing COMMAND keeps its own status)
   --kill-timeout SECONDS
-                  grace between SIGTERM and SIGKILL for leaked processes
-                  (default 5)
+                  grace between SIGTERM and SIGKILL for leaked processes,
+                  and for COMMAND after --timeout (default 5)
+  --timeout SECONDS
+                  stop COMMAND after SECONDS (SIGTERM, SIGKILL after
+                  --kill-timeout), report as usual, exit 124
+  --ignore GLOB   do not report leaked paths matching GLOB (fnmatch, absolute;
+                  a matching directory is skipped whole), e.g. a runner's own
+                  /tmp/pytest-of-*; repeatable
+  --stdout-report print the report on stdout (where nxdtest's trun printed
+                  it) instead of stderr
   --probe         print what is available (+userns -fuse ...) and exit 0 when
                   isolation works, 1 when it does not
   --version       print the version and exit
@@ -143,8 +152,8 @@ report lines (stderr, after COMMAND's output):
   # leaked pid=N 'name' ['argv', ...]
 
 exit status: COMMAND's own; 128+N if it died of signal N; 126 if it cannot
-be executed; 127 if it is not found; 2 for a usage error; 3 for leaks with
---strict; 125 if isolate-exec itself fails or --userns require cannot be met
+be executed; 127 if it is not found; 124 after --timeout; 2 for a usage
+error; 3 for leaks with --strict; 125 if isolate-exec itself fails or --userns require cannot be met
 (after COMMAND ran, a failed leak check gives 125 if COMMAND succeeded, its
 own status if not, and an "isolate-exec: ..." line).
 """
@@ -414,6 +423,9 @@ class Options(object):
     report = None
     strict = False
     kill_timeout = 5.0
+    timeout = None
+    ignore = ()
+    stdout_report = False
     probe = False
     command = ()
 
@@ -432,7 +444,7 @@ def parse_args(argv):
         if not arg.startswith('-') or arg == '-':
             break
         name, eq, value = arg.partition('=')
-        if name in ('-h', '--help', '--version', '--probe', '--strict'):
+        if name in ('-h', '--help', '--version', '--probe', '--strict', '--stdout-report'):
             if eq:
                 raise UsageError('option %s takes no value' % name)
             if name in ('-h', '--help'):
@@ -441,8 +453,8 @@ def parse_args(argv):
             if name == '--version':
                 opts.version = True
                 return opts
-            setattr(opts, name[2:], True)
-        elif name in ('--tmpfs', '--userns', '--report', '--kill-timeout'):
+            setattr(opts, name[2:].replace('-', '_'), True)
+        elif name in ('--tmpfs', '--userns', '--report', '--kill-timeout', '--timeout', '--ignore'):
             if not eq:
                 i += 1
                 if i == len(argv):
@@ -461,6 +473,10 @@ def parse_args(argv):
                 opts.userns = value
             elif name == '--report':
                 opts.report = check_report_path(value)
+            elif name == '--timeout':
+                opts.timeout = check_timeout(value)
+            elif name == '--ignore':
+                opts.ignore = tuple(opts.ignore) + (check_ignore(value),)
             else:
                 opts.kill_timeout = check_kill_timeout(value)
         else:
@@ -494,6 +510,25 @@ def check_report_path(path, what='--report'):
     elif not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError('%s %s: directory %s is not writable' % (what, path, directory))
     return path
+
+
+def check_timeout(value, what='--timeout'):
+    """A positive number of seconds."""
+    try:
+        timeout = float(value)
+    except ValueError:
+        timeout = 0
+    if not 0 < timeout < 1e7:  # also rejects nan
+        raise UsageError('%s %r: must be a number of seconds > 0' % (what, value))
+    return timeout
+
+
+def check_ignore(pattern, what='--ignore'):
+    """An absolute glob pattern (fnmatch) of leaked paths not to report."""
+    if not pattern.startswith('/') or '\0' in pattern or '\n' in pattern:
+        raise UsageError('%s %r: must be an absolute glob pattern, e.g. /tmp/pytest-of-*'
+                         % (what, pattern))
+    return pattern.rstrip('/') or '/'
 
 
 def check_kill_timeout(value, what='--kill-timeout'):
@@ -940,15 +975,16 @@ FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _forward_to = None      # pid the forwarded signals go to
 _pending_signal = None  # a signal received before there was anyone to forward it to
 _orphaned = None        # fallback supervisor: (parent pid, kill timeout)
+_stopping = None        # the command is being stopped: [kill timeout, signals sent]
 
 
 def _forward_signal(signum, frame):
     global _pending_signal
     if _orphaned is not None and os.getppid() != _orphaned[0]:
-        # isolate-exec is gone (PR_SET_PDEATHSIG): the command gets SIGTERM,
-        # then SIGKILL after the kill timeout, and the supervisor cleans up
-        signal.signal(signal.SIGALRM, _kill_command)
-        signal.alarm(max(1, int(_orphaned[1] + 0.999)))
+        # isolate-exec is gone (PR_SET_PDEATHSIG): this SIGTERM goes to the
+        # command; SIGKILL follows after the kill timeout, and the supervisor
+        # cleans up as usual
+        stop_command(_orphaned[1], sent=[signal.SIGTERM])
     if _forward_to is None:
         _pending_signal = signum
         return
@@ -958,12 +994,49 @@ def _forward_signal(signum, frame):
         pass
 
 
-def _kill_command(signum, frame):
+def stop_command(kill_timeout, sent=None):
+    """Stop the command: SIGTERM now (unless already sent), SIGKILL after
+    kill_timeout (a SIGALRM timer, so that waiting for it goes on)."""
+    global _stopping
+    if _stopping is not None:
+        return
+    _stopping = [kill_timeout, list(sent or ())]
+    signal.signal(signal.SIGALRM, _on_alarm)
+    if not sent:
+        _on_alarm(signal.SIGALRM, None)
+    else:
+        signal.setitimer(signal.ITIMER_REAL, max(kill_timeout, 0.001))
+
+
+def _on_alarm(signum, frame):
+    """--timeout's timer: the next step of stop_command()."""
+    if _stopping is None:  # the timeout itself
+        return stop_command(_timeout[1])
+    kill_timeout, sent = _stopping
+    signum = signal.SIGKILL if signal.SIGTERM in sent else signal.SIGTERM
+    sent.append(signum)
     if _forward_to is not None:
         try:
-            os.kill(_forward_to, signal.SIGKILL)
+            os.kill(_forward_to, signum)
         except OSError:
             pass
+    if signum == signal.SIGTERM:
+        signal.setitimer(signal.ITIMER_REAL, max(kill_timeout, 0.001))
+
+
+_timeout = (None, None)  # (seconds, kill timeout) of --timeout
+
+
+def arm_timeout(seconds, kill_timeout):
+    """--timeout: stop_command() after seconds."""
+    global _timeout
+    _timeout = (seconds, kill_timeout)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+
+
+def disarm_timeout():
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def forward_signals_to(pid):
@@ -1517,6 +1590,7 @@ class FileReport(object):
     def __init__(self):
         self.paths, self.sticky, self.unreadable, self.left = [], [], [], []
         self.count = self.sticky_count = self.unreadable_count = self.left_count = 0
+        self.ignored = 0
         self.size = 0
 
     def keeps(self):
@@ -1549,7 +1623,7 @@ class FileReport(object):
                   'counts': {'leaked_files': self.count - self.sticky_count,
                              'sticky_dirs': self.sticky_count,
                              'unreadable_dirs': self.unreadable_count,
-                             'left_files': self.left_count}}
+                             'left_files': self.left_count, 'ignored': self.ignored}}
         if len(self.paths) < self.count:
             result['files_cut'] = True
         return result
@@ -1565,11 +1639,29 @@ class Walk(object):
     deep). With remove, everything found is deleted on the way (fallback mode:
     the private TMPDIR is ours to delete, and nothing of the run is alive)."""
 
-    def __init__(self, report, root_fd, prefix, skip=(), remove=False):
+    def __init__(self, report, root_fd, prefix, skip=(), remove=False, ignore=(), shown_as=None):
         self.report, self.prefix, self.skip, self.remove = report, prefix, skip, remove
         self.root = os.fstat(root_fd)
         self.mount_id = mount_id(root_fd) if remove else None
         self.names = []  # the path below root of the current directory
+        # --ignore: paths matching them are not reported (a directory is
+        # skipped whole); shown_as: what prefix stands for in the patterns
+        # (fallback: the private TMPDIR is the run's /tmp)
+        self.ignored = None
+        if ignore:
+            import fnmatch
+            import re
+            self.ignored = re.compile(b'|'.join(
+                fsencode(fnmatch.translate(p)) for p in ignore)).match
+            self.shown_as = shown_as or prefix
+
+    def is_ignored(self, name):
+        """Does the path of name, in the current directory, match --ignore?"""
+        path = b'/'.join([self.shown_as] + self.names + [name])
+        if self.ignored(path):
+            self.report.ignored += 1
+            return True
+        return False
 
     def path(self, name):
         if not self.report.keeps():
@@ -1579,15 +1671,28 @@ class Walk(object):
     def run(self, root_fd):
         os.fchdir(root_fd)
         self._make_writable(root_fd, self.root)
-        stack = [(self._list(), (self.root.st_dev, self.root.st_ino))]
+        self.quiet = 0  # > 0 inside an ignored directory being removed
+        stack = [(self._list(), (self.root.st_dev, self.root.st_ino), False)]
         while stack:
-            todo, here = stack[-1]
+            todo, here, quiet = stack[-1]
             if not todo:
                 stack.pop()
+                self.quiet -= quiet
                 if stack:
                     self._go_up(stack[-1][1])
                 continue
             name, st = todo.pop()
+            quiet = False
+            if self.ignored and not self.quiet and self.is_ignored(name):
+                if not self.remove:
+                    continue
+                quiet = True  # walked to be removed, not reported
+            if self.quiet or quiet:
+                if st.st_dev == self.root.st_dev and self._enter(name, st):
+                    self.names.append(name)
+                    self.quiet += 1
+                    stack.append((self._list(), (st.st_dev, st.st_ino), True))
+                continue
             path = self.path(name)
             if st.st_dev != self.root.st_dev:  # a mount point: only its directory is ours
                 if path is None or path not in self.skip:
@@ -1604,7 +1709,7 @@ class Walk(object):
                     self.report.add_special('left', path and path + b'/')
                 continue
             self.names.append(name)
-            stack.append((self._list(), (st.st_dev, st.st_ino)))
+            stack.append((self._list(), (st.st_dev, st.st_ino), False))
 
     def _list(self):
         """List the current directory, report its files (deleting them with
@@ -1615,11 +1720,16 @@ class Walk(object):
             self.report.add_special('unreadable', self.path(b'')[:-1] + b'/'
                                     if self.report.keeps() else None)
             return []
+        shown = files
+        if self.quiet:
+            shown = []
+        elif self.ignored:
+            shown = [name for name in files if not self.is_ignored(name)]
         directory = self.path(b'')  # b'PREFIX/.../' or None past the budget
         if directory is None:
-            self.report.count += len(files)
+            self.report.count += len(shown)
         else:
-            self.report.add_files(directory, files)
+            self.report.add_files(directory, shown)
         if self.remove:
             for name in files:
                 try:
@@ -1677,7 +1787,8 @@ class Walk(object):
             try:
                 os.rmdir(name)
             except OSError:
-                self.report.add_special('left', self.path(name) and self.path(name) + b'/')
+                if not self.quiet:
+                    self.report.add_special('left', self.path(name) and self.path(name) + b'/')
 
 
 # -- the supervisor ----------------------------------------------------------------
@@ -1689,6 +1800,8 @@ class Run(object):
         self.command = list(opts.command) if opts.command is not None else None
         self.tmpfs = opts.tmpfs
         self.kill_timeout = opts.kill_timeout
+        self.timeout = opts.timeout
+        self.ignore = opts.ignore
         self.uid, self.gid = os.getuid(), os.getgid()
         self.userns = self.uid != 0
         self.isolated = True
@@ -1780,11 +1893,18 @@ class Checks(object):
             self.command.quit()
             return {'status': 128 + _pending_signal, 'duration': 0.0}
         code = self.command.go()
+        result = {}
         if code is None:
             forward_signals_to(self.command.pid)
+            if self.run.timeout:
+                arm_timeout(self.run.timeout, self.run.kill_timeout)
             code = raw_wait_status_code(wait_command(self.command.pid))
+            disarm_timeout()
             forward_signals_to(None)
-        return {'status': code, 'duration': now() - start}
+            if _timeout[0] is not None and _stopping is not None:
+                result['timed_out'] = (self.run.timeout, list(_stopping[1]))
+        result.update(status=code, duration=now() - start)
+        return result
 
     def check_processes(self):
         processes, killed = stop_leaked_processes(self.processes, self.kill_timeout)
@@ -1831,7 +1951,7 @@ class IsolatedChecks(Checks):
         report = FileReport()
         skip = set(fsencode(entry.path) for entry in self.run.tmpfs)
         for fd, entry in zip(self.roots, self.run.tmpfs):
-            Walk(report, fd, fsencode(entry.path), skip).run(fd)
+            Walk(report, fd, fsencode(entry.path), skip, ignore=self.run.ignore).run(fd)
         return report.result()
 
 
@@ -1933,8 +2053,8 @@ class FallbackChecks(Checks):
 
     def check_files(self):
         report = FileReport()
-        Walk(report, self.private.fd, fsencode(self.private.path), remove=True).run(
-            self.private.fd)
+        Walk(report, self.private.fd, fsencode(self.private.path), remove=True,
+             ignore=self.run.ignore, shown_as=b'/tmp').run(self.private.fd)
         if not self.private.remove(report):
             report.add_special('left', fsencode(self.private.path) + b'/')
         return report.result()
@@ -2146,7 +2266,7 @@ def json_report(run, result, isolated, reason, code):
     """-> the JSON report, as bytes."""
     import json
     counts = dict(leaked_files=0, sticky_dirs=0, unreadable_dirs=0, left_files=0,
-                  leaked_mounts=0, gone_mounts=0, leaked_processes=0, killed_pids=0)
+                  leaked_mounts=0, gone_mounts=0, leaked_processes=0, killed_pids=0, ignored=0)
     counts.update(result.get('counts', {}))
     report = {
         'version': __version__,
@@ -2168,10 +2288,12 @@ def json_report(run, result, isolated, reason, code):
         'leaked_processes': [{'pid': pid, 'name': fsdecode(name), 'argv': [fsdecode(a) for a in argv]}
                              for pid, name, argv in result.get('processes', ())],
         'killed_pids': list(result.get('killed', ())),
+        'timed_out': (result.get('timed_out') or (None,))[0],
+        'ignore': list(run.ignore),
         'counts': counts,
     }
     report['truncated'] = sorted(key for key, count in counts.items()
-                                 if len(report[key]) < count)
+                                 if key in report and len(report[key]) < count)
     # One key per line, each value by json's C encoder (indent= would take
     # the pure Python one: ~5 times slower for 100k names).
     return ('{\n%s\n}\n' % ',\n'.join('  %s: %s' % (json.dumps(key), json.dumps(value, sort_keys=True))
@@ -2359,12 +2481,19 @@ def report(opts, run, result, isolated, reason, report_file):
     code = result.get('status')
     if code is None or errors:  # a check failed: the report is incomplete
         code = code or EXIT_FAILURE
+    if result.get('timed_out'):
+        code = EXIT_TIMEOUT
     leaked = has_leaks(result)
     if opts.strict and leaked and code == 0:
         code = EXIT_LEAKED
     if report_file:
         report_file.write(json_report(run, result, isolated, reason, code))
     text = format_report(result)
+    if result.get('timed_out'):
+        seconds, sent = result['timed_out']
+        text = fsencode('# timed out after %g s: stopped with %s\n' % (
+            seconds, ', then '.join('SIGKILL' if s == signal.SIGKILL else 'SIGTERM'
+                                    for s in sent))) + text
     for error in errors:
         text += fsencode('%s: %s; the leak report is incomplete\n' % (PROG, error))
     if 'status' not in result:
@@ -2375,7 +2504,7 @@ def report(opts, run, result, isolated, reason, report_file):
         else:
             text += fsencode('# --strict: the run leaked; the command\'s own exit status %d '
                              'is kept\n' % code)
-    write_all(2, text)
+    write_all(1 if opts.stdout_report else 2, text)
     return code
 
 
@@ -2407,13 +2536,14 @@ def _main(argv):
 
 
 def run_wrapper(command, environment=None, tmpfs=(), userns='auto', strict=False,
-                kill_timeout=5.0, report=None):
+                kill_timeout=5.0, report=None, ignore=(), timeout=None):
     """Entry point of the wrappers generated by the slapos.recipe.isolatedtest
     recipes: run command plus the wrapper's own arguments, with environment
     added, as isolate-exec would (the recipe validated every argument)."""
     opts = Options()
     opts.command = list(command) + sys.argv[1:]
     opts.userns, opts.strict, opts.kill_timeout = userns, strict, kill_timeout
+    opts.ignore, opts.timeout = tuple(ignore), timeout
     try:
         opts.tmpfs = make_tmpfs_table(tmpfs)
         opts.report = report and check_report_path(report, 'leak-report')

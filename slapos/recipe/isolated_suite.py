@@ -54,7 +54,8 @@ TESTNODE_OPTIONS = (
     ('--test_suite_title', 'title of the test suite'),
     # passed when listed here; accepted for compatibility, not used
     ('--project_title', 'title of the project'),
-    ('--node_quantity', 'number of test nodes (accepted, cases run one at a time)'),
+    ('--node_quantity', 'number of test cases run at once, each isolated (default 1; above 1, '
+                        'the output of a case is printed whole when it ends)'),
     ('--frontend_url', 'frontend URL (accepted, not used)'),
     ('--firefox_bin', 'firefox binary (accepted, not used)'),
     ('--xvfb_bin', 'Xvfb binary (accepted, not used)'),
@@ -93,49 +94,103 @@ def system_info():
 
 
 # -- counting tests in the output -------------------------------------------------
+# Summaries compatible with nxdtest's PyTest.summary and UnitTest.summary (a
+# .nxdtest file may name them): counts for the master's test_result_line.stop().
+
+PYTEST_LAST_LINE = re.compile(
+    br'^=+ .*\b(failed|passed|skipped|errors?|xfailed|xpassed|deselected|warnings?|'
+    br'no tests ran)\b.* =+$')
+
 
 def pytest_summary(out, err):
-    """Counts from pytest's last line: '=== 1 failed, 2 passed in 0.1s ==='."""
+    """Counts from pytest's last line, e.g. '=== 1 failed, 2 passed, 1 xfailed,
+    3 warnings in 0.1s ===' or '=== no tests ran in 0.01s ==='. xfailed
+    counts as skipped, xpassed as passed (pytest's own verdict: a strict
+    xfail that passed is reported "failed"); warnings are not tests."""
     for line in reversed(out.splitlines()):
-        if re.match(br'^=+ .*\b(failed|passed|skipped|errors?|no tests ran)\b.* =+$', line):
+        if PYTEST_LAST_LINE.match(line):
             break
     else:
         return {}
 
-    def count(word):
-        m = re.search(br'\b([0-9]+) ' + word + br'\b', line)
-        return int(m.group(1)) if m else 0
-    summary = {'failure_count': count(b'failed'), 'skip_count': count(b'skipped'),
-               'error_count': count(b'errors?')}
-    summary['test_count'] = (sum(summary.values()) + count(b'passed') + count(b'xfailed') +
-                             count(b'xpassed'))
+    def count(*words):
+        return sum(int(m) for word in words
+                   for m in re.findall(br'\b([0-9]+) ' + word + br'\b', line))
+    summary = {'failure_count': count(b'failed'), 'error_count': count(b'errors?'),
+               'skip_count': count(b'skipped', b'xfailed'),
+               'expected_failures': count(b'xfailed'), 'unexpected_successes': count(b'xpassed')}
+    summary['test_count'] = (summary['failure_count'] + summary['error_count'] +
+                             count(b'skipped', b'xfailed', b'passed', b'xpassed'))
+    return summary
+
+
+UNITTEST_RAN = re.compile(br'^Ran (\d+) tests? in ', re.M)
+UNITTEST_STATUS = re.compile(br'^(OK|FAILED)(?: \((.*)\))?\s*$', re.M)
+UNITTEST_KEYS = {
+    b'failures': 'failure_count', b'errors': 'error_count', b'skipped': 'skip_count',
+    b'expected failures': 'expected_failures', b'unexpected successes': 'unexpected_successes'}
+
+
+def unittest_status(summary, status):
+    """Fold unittest's 'failures=1, errors=2, skipped=3, expected failures=4,
+    unexpected successes=5' into summary: as nxdtest and erp5.util count
+    them, an unexpected success is a failure, an expected failure a skip."""
+    for item in status.split(b','):
+        key, _, value = item.strip().partition(b'=')
+        if key in UNITTEST_KEYS and value.strip().isdigit():
+            summary[UNITTEST_KEYS[key]] = int(value)
+    summary['failure_count'] = summary.get('failure_count', 0) + summary.get('unexpected_successes', 0)
+    summary['skip_count'] = summary.get('skip_count', 0) + summary.get('expected_failures', 0)
     return summary
 
 
 def unittest_summary(out, err):
-    """Counts from unittest's 'Ran N tests' and 'FAILED (failures=1, ...)'."""
+    """Counts from unittest's 'Ran N tests' and 'OK (...)' / 'FAILED (...)'."""
     text = err + b'\n' + out
-    ran = re.findall(br'^Ran (\d+) tests? in ', text, re.M)
+    ran = UNITTEST_RAN.findall(text)
     if not ran:
         return {}
     summary = {'test_count': int(ran[-1]), 'failure_count': 0, 'error_count': 0,
                'skip_count': 0}
-    status = re.findall(br'^(?:OK|FAILED)(?: \((.*)\))?$', text, re.M)
-    for item in (status[-1] if status else b'').split(b','):
-        key, _, value = item.strip().partition(b'=')
-        key = {b'failures': 'failure_count', b'errors': 'error_count',
-               b'skipped': 'skip_count'}.get(key)
-        if key and value.isdigit():
-            summary[key] = int(value)
+    status = UNITTEST_STATUS.findall(text)
+    if status:
+        unittest_status(summary, status[-1][1])
     return summary
 
 
-def case_status(returncode, out, err):
-    """The testnode's counts for a case: pytest's or unittest's when they are
-    recognised, else 1 test, in error if the command failed."""
-    status = {'test_count': 1, 'error_count': int(returncode != 0), 'failure_count': 0,
-              'skip_count': 0}
-    status.update(pytest_summary(out, err) or unittest_summary(out, err))
+ERP5_SUB_RESULT = re.compile(br'SUB\s+RESULT:\s+(\d+)\s+Tests?,\s+(\d+)\s+Failures?\s*(?:\((.*?)\))?')
+
+
+def erp5_summary(out, err):
+    """ERP5's runUnitTest: its 'SUB RESULT: 150 Tests, 2 Failures (skipped=1,
+    expected failures=0, unexpected successes=0)' line (a functional test
+    zuite of many tests run as one) gives the counts, over unittest's."""
+    text = err + b'\n' + out
+    found = ERP5_SUB_RESULT.findall(text)
+    if not found:
+        return {}
+    tests, failures, rest = found[-1]
+    summary = unittest_summary(out, err) or {'error_count': 0, 'skip_count': 0}
+    summary.update(test_count=int(tests), failure_count=int(failures))
+    if rest:
+        summary['skip_count'] = 0
+        unittest_status(summary, rest)
+    return summary
+
+
+def case_status(returncode, out, err, summaryf=None):
+    """The testnode's counts for a case: from summaryf (a .nxdtest's), or
+    ERP5's, pytest's or unittest's summary when recognised, else 1 test.
+    A case whose command failed is never ok: with no failure or error
+    counted, it gets one error (as nxdtest)."""
+    status = {'test_count': 1, 'error_count': 0, 'failure_count': 0, 'skip_count': 0}
+    if summaryf is not None:
+        status.update(summaryf(out, err))
+    else:
+        status.update(erp5_summary(out, err) or pytest_summary(out, err) or
+                      unittest_summary(out, err))
+    if returncode != 0 and not (status.get('error_count') or status.get('failure_count')):
+        status['error_count'] = 1
     return status
 
 
@@ -148,7 +203,8 @@ def status_word(status):
 # -- where cases come from: the master, or the local list --------------------------
 
 class LocalTestResult(object):
-    """Without --master_url: the cases in order, those matching --run."""
+    """Without --master_url: the cases in order, those matching --run (as
+    nxdtest's)."""
 
     def __init__(self, names, pattern=None):
         self._names = [n for n in names if pattern is None or re.search(pattern, n)]
@@ -169,18 +225,118 @@ class LocalTestResultLine(object):
         pass
 
 
-# -- running one case ------------------------------------------------------------------
+# -- the test cases: the recipe's lines, or a .nxdtest file ---------------------------
+
+class Case(object):
+    """One test case: what nxdtest's TestCase(name, argv, summaryf=None,
+    cwd=..., env=..., envadj=...) declares."""
+
+    def __init__(self, name, argv, summaryf=None, cwd=None, env=None, envadj=None):
+        self.name, self.argv, self.summaryf = name, list(argv), summaryf
+        self.cwd, self.env, self.envadj = cwd, env, dict(envadj or {})
+
+    def command(self):
+        """As nxdtest shows it: 'make test.py # WENDELIN_CORE_TEST_DB=<fs>'"""
+        adj = ' '.join('%s=%s' % (k, self.envadj[k]) for k in sorted(self.envadj))
+        return ' '.join(quote(a) for a in self.argv) + (' # ' + adj if adj else '')
+
+
+class PyTest(object):
+    summary = staticmethod(pytest_summary)
+
+
+class UnitTest(object):
+    summary = staticmethod(unittest_summary)
+
+
+class PyLint(object):
+    @staticmethod
+    def summary(out, err):
+        """As nxdtest's: one error per 'file:line:column: code: message'."""
+        if err:
+            return {'test_count': '?', 'error_count': '?', 'failure_count': 0, 'skip_count': 0}
+        messages = re.findall(br'^.*:\d+:\d+: .+: .*$', out, re.M)
+        return {'test_count': 1, 'error_count': len(messages), 'failure_count': 0,
+                'skip_count': 0}
+
+
+def load_nxdtest(path):
+    """Read a .nxdtest file as nxdtest does: it is Python, run with TestCase,
+    PyTest, UnitTest and PyLint in its globals. -> [Case]"""
+    cases, names = [], set()
+
+    def test_case(name, argv, summaryf=None, **kw):
+        unknown = set(kw) - set(['cwd', 'env', 'envadj'])
+        if unknown:
+            raise ValueError('TestCase %r: unsupported %s' % (name, ', '.join(sorted(unknown))))
+        if name in names:
+            raise ValueError('TestCase %r declared twice' % name)
+        names.add(name)
+        cases.append(Case(name, argv, summaryf, **kw))
+    with open(path) as f:
+        source = f.read()
+    code = compile(source, os.path.realpath(path), 'exec')
+    exec(code, {'TestCase': test_case, 'PyTest': PyTest, 'UnitTest': UnitTest,
+                'PyLint': PyLint, '__file__': os.path.realpath(path)})
+    return cases
+
+
+# -- running the cases --------------------------------------------------------------------
+
+class Running(object):
+    """A case being run through isolate-exec, its output kept."""
+
+    def __init__(self, case, line, argv, env, report, live):
+        self.case, self.line, self.report, self.live = case, line, report, live
+        self.start = time.time()
+        self.out, self.err = [], []
+        self.proc = subprocess.Popen(argv, env=env, cwd=case.cwd or None, stdin=DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=os.setpgrp, close_fds=True)
+        self.open = {self.proc.stdout.fileno(): (self.out, _buffer(sys.stdout)),
+                     self.proc.stderr.fileno(): (self.err, _buffer(sys.stderr))}
+
+    def read(self, fd):
+        data = os.read(fd, 65536)
+        kept, stream = self.open[fd]
+        if not data:
+            del self.open[fd]
+            return
+        kept.append(data)
+        if self.live:
+            stream.write(data)
+            stream.flush()
+
+    def signal(self, signum):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signum)
+            except OSError:
+                pass
+
+
+def _buffer(stream):
+    return getattr(stream, 'buffer', stream)
+
+
+try:
+    DEVNULL = subprocess.DEVNULL
+except AttributeError:  # Python 2
+    DEVNULL = open(os.devnull, 'rb')
+
 
 class Suite(object):
-    """A run of test cases, each through isolate-exec."""
+    """A run of test cases, each through isolate-exec, up to `quantity` at
+    once (--node_quantity: isolation is what makes it safe, no shared /tmp)."""
 
-    def __init__(self, cases, environment, tmpfs, userns, strict, kill_timeout):
-        self.cases = dict(cases)
-        self.names = [name for name, _ in cases]
+    def __init__(self, cases, environment, tmpfs, userns, strict, kill_timeout,
+                 timeout=None, ignore=()):
+        self.cases = dict((case.name, case) for case in cases)
+        self.names = [case.name for case in cases]
         self.environment = environment
         self.strict = strict
         self.cancelled = None   # why the run stopped early
-        self.current = None     # the isolate-exec process of the running case
+        self.running = []
         self.results = []       # status words
         # The runner's own interpreter, with the runtime's sys.path entry:
         # re-running sys.executable alone would lose buildout's sys.path (and
@@ -192,50 +348,86 @@ class Suite(object):
                              % ([root], isolate_exec.NAMESPACE_SETUP)]
         for path, options in tmpfs:
             self.isolate_exec += ['--tmpfs', '%s:%s' % (path, options)]
-        self.isolate_exec += ['--userns', userns, '--kill-timeout', repr(kill_timeout)]
+        self.isolate_exec += ['--userns', userns, '--kill-timeout', repr(kill_timeout),
+                              '--stdout-report']
+        if timeout:
+            self.isolate_exec += ['--timeout', repr(timeout)]
+        for pattern in ignore:
+            self.isolate_exec += ['--ignore', pattern]
 
     def on_signal(self, signum, frame):
-        """SIGINT/SIGTERM: stop the current case (its report is still printed),
-        skip the rest."""
+        """SIGINT/SIGTERM: stop the running cases (their reports are still
+        printed and they are reported), skip the rest."""
         self.cancelled = SIGNAL_NAMES.get(signum, 'signal %d' % signum)
-        if self.current is not None and self.current.poll() is None:
-            try:
-                os.kill(self.current.pid, signum)
-            except OSError:
-                pass
+        for running in self.running:
+            running.signal(signum)
 
     def cancel_by_master(self):
-        """The master says the run was cancelled: stop the current case, if
-        any, and skip the rest."""
+        """The master says the run was cancelled: stop the running cases, skip
+        the rest."""
         emit(u'# master asks to cancel test run')
         self.on_signal(signal.SIGTERM, None)
         self.cancelled = 'by the master'
 
-    def run_case(self, name, test_result, report_dir, log_directory):
-        """Run one case, tee its output, return what the master is told."""
-        argv = self.cases[name]
-        command = ' '.join(quote(a) for a in argv)
-        emit(u'\n>>> %s' % name)
-        emit(u'$ %s' % command)
-        report = os.path.join(report_dir, 'report.json')
-        env = dict(os.environ, PYTHONUNBUFFERED='y')  # see output as it comes
+    def start_case(self, case, line, report_dir, live):
+        if live:  # one at a time: its output as it comes
+            emit(u'\n>>> %s' % case.name)
+            emit(u'$ %s' % case.command())
+        env = dict(case.env if case.env is not None else os.environ)
         env.update(self.environment)
-        start = time.time()
-        out, err, returncode = self.tee(self.isolate_exec + ['--report', report, '--'] + argv,
-                                        env, test_result)
+        env.update(case.envadj)
+        env['PYTHONUNBUFFERED'] = 'y'  # see output as it comes
+        report = os.path.join(report_dir, '%d.json' % len(self.results + self.running))
+        argv = self.isolate_exec + ['--report', report, '--'] + case.argv
+        try:
+            running = Running(case, line, argv, env, report, live)
+        except OSError as e:  # e.g. its cwd does not exist
+            running = None
+            self.finish_failed_start(case, line, live, e)
+        if running is not None:
+            self.running.append(running)
+
+    def finish_failed_start(self, case, line, live, error):
+        message = ('%s: %s\n' % (case.cwd or case.argv[0], os.strerror(error.errno))).encode()
+        if not live:
+            emit(u'\n>>> %s' % case.name)
+            emit(u'$ %s' % case.command())
+        _buffer(sys.stderr).write(message)
+        status = {'test_count': 1, 'error_count': 1, 'failure_count': 0, 'skip_count': 0,
+                  'command': case.command(), 'duration': 0.0, 'stdout': b'', 'stderr': message,
+                  'date': time.strftime('%Y/%m/%d %H:%M:%S', time.gmtime())}
+        self.report_case(case, line, status)
+
+    def finish_case(self, running, log_directory):
+        """A case ended: print it (whole, if it was not shown as it came),
+        count it, tell the master."""
+        running.proc.wait()
         end = time.time()
-        status = case_status(returncode, out, err)
-        leaked = self.read_report(report, name, log_directory)
-        if self.strict and leaked:
+        case = running.case
+        out, err = b''.join(running.out), b''.join(running.err)
+        if not running.live:
+            emit(u'\n>>> %s' % case.name)
+            emit(u'$ %s' % case.command())
+            for stream, data in ((sys.stdout, out), (sys.stderr, err)):
+                _buffer(stream).write(data)
+                _buffer(stream).flush()
+        status = case_status(running.proc.returncode, out, err, case.summaryf)
+        report = self.read_report(running.report, case.name, log_directory)
+        if report.get('timed_out'):
+            status['error_count'] = status['error_count'] or 1
+        if self.strict and report.get('leaked'):
             status['error_count'] += 1
-        status.update(command=command, duration=end - start, stdout=out, stderr=err,
-                      date=time.strftime('%Y/%m/%d %H:%M:%S', time.gmtime(end)))
+        status.update(command=case.command(), duration=end - running.start, stdout=out,
+                      stderr=err, date=time.strftime('%Y/%m/%d %H:%M:%S', time.gmtime(end)))
+        self.report_case(case, running.line, status)
+
+    def report_case(self, case, line, status):
         word = status_word(status)
         self.results.append(word)
-        emit(u'%s\t%s\t%.3fs\t# %dt %de %df %ds' % (
-            word, name, status['duration'], status['test_count'], status['error_count'],
+        emit(u'%s\t%s\t%.3fs\t# %st %se %sf %ss' % (
+            word, case.name, status['duration'], status['test_count'], status['error_count'],
             status['failure_count'], status['skip_count']))
-        return status
+        line.stop(**status)
 
     @staticmethod
     def read_report(path, name, log_directory):
@@ -244,106 +436,94 @@ class Suite(object):
                 text = f.read()
             os.unlink(path)
         except (IOError, OSError):
-            return False
+            return {}
         if log_directory:
             try:
-                with open(os.path.join(log_directory, '%s.leaks.json' % name), 'w') as f:
+                with open(os.path.join(log_directory, '%s.leaks.json'
+                                       % name.replace('/', '_')), 'w') as f:
                     f.write(text)
             except (IOError, OSError) as e:
                 emit(u'# cannot keep the leak report in %s: %s' % (log_directory, e.strerror))
-        return json.loads(text).get('leaked', False)
+        return json.loads(text)
 
-    def tee(self, argv, env, test_result):
-        """Run argv, copying its stdout and stderr to ours as they come and
-        keeping them. -> (stdout, stderr, exit status). Wakes up on SIGCHLD,
-        never waits for EOF (a leaked process could hold the pipes), and asks
-        the master every MASTER_POLL_INTERVAL whether the run was cancelled."""
+    def run(self, test_result, log_directory=None, quantity=1):
+        """Run what test_result hands out, up to quantity cases at once, until
+        it is done or the run is cancelled. Wakes up on SIGCHLD, never waits
+        for EOF of a case that exited (a leaked process could hold its
+        pipes), and asks the master every MASTER_POLL_INTERVAL whether the
+        run was cancelled."""
+        report_dir = tempfile.mkdtemp(prefix='runTestSuite.')
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         previous_wakeup = signal.set_wakeup_fd(wake_w)
-        devnull = open(os.devnull, 'rb')
+        live = quantity == 1
+        more = True
+        next_poll = time.time() + MASTER_POLL_INTERVAL
         try:
-            # own process group: a terminal's Ctrl-C reaches us only, and we
-            # forward it once
-            proc = subprocess.Popen(argv, env=env, stdin=devnull, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, preexec_fn=os.setpgrp,
-                                    close_fds=True)
-            self.current = proc
-            if self.cancelled:
-                self.on_signal(signal.SIGTERM, None)
-            outputs = {proc.stdout.fileno(): (getattr(sys.stdout, 'buffer', sys.stdout), []),
-                       proc.stderr.fileno(): (getattr(sys.stderr, 'buffer', sys.stderr), [])}
-            open_fds = set(outputs)
-            next_poll = time.time() + MASTER_POLL_INTERVAL
-            while open_fds:
-                exited = proc.poll() is not None
+            while True:
+                while more and self.cancelled is None and len(self.running) < quantity:
+                    if self.results and not test_result.isAlive():
+                        self.cancel_by_master()
+                        break
+                    line = test_result.start()
+                    if not line:
+                        more = False
+                    elif line.name not in self.cases:
+                        emit(u'# master asks for unknown test case %r' % line.name)
+                        line.stop(test_count=1, error_count=1, failure_count=0, skip_count=0,
+                                  command='', stdout=b'', stderr=b'unknown test case')
+                    else:
+                        self.start_case(self.cases[line.name], line, report_dir, live)
+                if not self.running:
+                    break
+                fds = [fd for running in self.running for fd in running.open]
+                exited = [r for r in self.running if r.proc.poll() is not None]
                 timeout = 0 if exited else max(0, next_poll - time.time())
                 try:
-                    ready = select.select(list(open_fds) + [wake_r], [], [], timeout)[0]
+                    ready = select.select(fds + [wake_r], [], [], timeout)[0]
                 except (select.error, OSError) as e:
                     if e.args[0] == errno.EINTR:
                         continue
                     raise
                 if wake_r in ready:
                     _drain(wake_r)
-                for fd in ready:
-                    if fd in open_fds:
-                        data = os.read(fd, 65536)
-                        if data:
-                            stream, kept = outputs[fd]
-                            stream.write(data)
-                            stream.flush()
-                            kept.append(data)
-                        else:
-                            open_fds.discard(fd)
-                if exited and not [fd for fd in ready if fd in open_fds]:
-                    break  # all that was written before exiting has been read
-                if not exited and time.time() >= next_poll:
+                for running in self.running:
+                    for fd in list(running.open):
+                        if fd in ready:
+                            running.read(fd)
+                for running in exited:  # all it wrote before exiting has been read
+                    if not [fd for fd in running.open if fd in ready]:
+                        self.running.remove(running)
+                        running.proc.stdout.close()
+                        running.proc.stderr.close()
+                        self.finish_case(running, log_directory)
+                if time.time() >= next_poll:
                     next_poll = time.time() + MASTER_POLL_INTERVAL
-                    if not test_result.isAlive():
+                    if self.running and not test_result.isAlive():
                         self.cancel_by_master()
-            returncode = proc.wait()
-            out = b''.join(outputs[proc.stdout.fileno()][1])
-            err = b''.join(outputs[proc.stderr.fileno()][1])
-            proc.stdout.close()
-            proc.stderr.close()
-            return out, err, returncode
         finally:
-            self.current = None
-            devnull.close()
+            for running in self.running:
+                running.signal(signal.SIGKILL)
             signal.set_wakeup_fd(previous_wakeup)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(wake_r)
             os.close(wake_w)
-
-    def run(self, test_result, log_directory=None):
-        """Run what test_result hands out until it is done or we are cancelled."""
-        report_dir = tempfile.mkdtemp(prefix='runTestSuite.')
-        try:
-            while self.cancelled is None:
-                if self.results and not test_result.isAlive():
-                    self.cancel_by_master()
-                    break
-                line = test_result.start()
-                if not line:
-                    break
-                if line.name not in self.cases:
-                    emit(u'# master asks for unknown test case %r' % line.name)
-                    line.stop(test_count=1, error_count=1, failure_count=0, skip_count=0,
-                              command='', stdout=b'', stderr=b'unknown test case')
-                    continue
-                line.stop(**self.run_case(line.name, test_result, report_dir, log_directory))
-        finally:
             shutil.rmtree(report_dir, ignore_errors=True)
 
     def summary(self):
-        counts = dict((word, self.results.count(word)) for word in ('ok', 'fail', 'error'))
-        text = u'# ran %d test case%s: %d\u00b7ok %d\u00b7fail %d\u00b7error' % (
-            len(self.results), '' if len(self.results) == 1 else 's',
-            counts['ok'], counts['fail'], counts['error'])
+        """nxdtest's line: '# ran 7 test cases:  5·ok  1·fail  1·error' (the
+        counts that are not 0), '# ran 1 test case:  1·ok', '# ran 0 test cases.'"""
+        text = u'# ran %d test case' % len(self.results)
+        if not self.results:
+            text += u's.'
+        else:
+            text += u's:' if len(self.results) > 1 else u':'
+            for word in ('ok', 'fail', 'error'):
+                if self.results.count(word):
+                    text += u'  %d\u00b7%s' % (self.results.count(word), word)
         if self.cancelled:
             text += u' (run cancelled: %s)' % self.cancelled
         return text
@@ -372,6 +552,11 @@ def parse_args(argv, prog):
         'with its own private /tmp and /dev/shm, and report what they leaked.')
     for option, text in TESTNODE_OPTIONS:
         parser.add_argument(option, help=text)
+    parser.add_argument('--timeout', metavar='SECONDS',
+                        help='stop a case that runs longer (its leak report is printed, its '
+                        'processes killed) and count it in error (default: the recipe\'s)')
+    parser.add_argument('--verbose', action='store_true',
+                        help='log the exchanges with the master (as nxdtest)')
     local = parser.add_argument_group('local run')
     local.add_argument('-l', '--list', action='store_true', help='list the test cases and exit')
     local.add_argument('-k', '--run', metavar='REGEX',
@@ -386,6 +571,16 @@ def parse_args(argv, prog):
             parser.error('-k/--run %r: %s' % (args.run, e))
     if args.log_directory and not os.path.isdir(args.log_directory):
         parser.error('--log_directory %s: not a directory' % args.log_directory)
+    try:
+        args.node_quantity = int(args.node_quantity or 1)
+        assert args.node_quantity >= 1
+    except (ValueError, AssertionError):
+        parser.error('--node_quantity %r: must be a number >= 1' % args.node_quantity)
+    if args.timeout is not None:
+        try:
+            args.timeout = isolate_exec.check_timeout(args.timeout, '--timeout')
+        except isolate_exec.UsageError as e:
+            parser.error(str(e))
     return args
 
 
@@ -406,15 +601,31 @@ def connect_master(args, names):
         project_title=args.project_title)
 
 
-def run_suite(cases, environment=None, tmpfs=(), userns='auto', strict=False,
-              kill_timeout=5.0):
+def run_suite(cases=None, environment=None, tmpfs=(), userns='auto', strict=False,
+              kill_timeout=5.0, nxdtest=None, timeout=None, ignore=()):
     """Entry point of the runTestSuite wrappers generated by the
-    slapos.recipe.isolatedtest:suite recipe. cases: [(name, argv)].
-    -> exit status: local run, 0 if every case is ok, else 1; master run, 0
-    once results are delivered"""
+    slapos.recipe.isolatedtest:suite recipe. cases: [(name, argv)], or
+    nxdtest: the path of a .nxdtest file, read when the runner starts
+    (relative: to its working directory, as nxdtest reads ./.nxdtest).
+    -> exit status: local run, 0 if every case is ok, else 1; 5 if -k
+    matches nothing; 2 for a bad command line or .nxdtest file; master run,
+    0 once results are delivered"""
     prog = os.path.basename(sys.argv[0])
     args = parse_args(sys.argv[1:], prog)
-    suite = Suite(cases, environment or {}, tmpfs, userns, strict, kill_timeout)
+    if nxdtest is not None:
+        try:
+            cases = load_nxdtest(nxdtest)
+        except Exception as e:  # the file is the tested project's: any error
+            sys.stderr.write('%s: error: %s: %s: %s\n' % (prog, nxdtest, type(e).__name__, e))
+            return 2
+    else:
+        cases = [Case(name, argv) for name, argv in cases]
+    if args.verbose:
+        import logging
+        logging.basicConfig(level=logging.DEBUG,
+                            format='%(asctime)s - %(levelname)s - %(message)s')
+    suite = Suite(cases, environment or {}, tmpfs, userns, strict, kill_timeout,
+                  args.timeout or timeout, ignore)
     selected = [name for name in suite.names if not args.run or re.search(args.run, name)]
     if not selected:  # a typo must not pass: pytest exits 5 when it collects nothing
         sys.stderr.write('%s: error: -k/--run %r matches no test case (%s)\n'
@@ -437,7 +648,7 @@ def run_suite(cases, environment=None, tmpfs=(), userns='auto', strict=False,
         emit(u'# local mode')
         test_result = LocalTestResult(suite.names, args.run)
     try:
-        suite.run(test_result, args.log_directory)
+        suite.run(test_result, args.log_directory, args.node_quantity)
     finally:
         emit(u'\n' + suite.summary())
     if args.master_url:

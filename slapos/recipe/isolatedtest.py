@@ -104,6 +104,10 @@ class BaseRecipe(object):
     :param bool strict: true or false (default): exit non-zero on leaks
     :param float kill-timeout: seconds between SIGTERM and SIGKILL for leaked
         processes (default 5)
+    :param float timeout: stop the command (a case) after this many seconds,
+        as isolate-exec --timeout (default: none)
+    :param lines leak-ignore: absolute glob patterns of leaked paths not to
+        report, e.g. /tmp/pytest-of-*, as isolate-exec --ignore
     :param str leak-report: absolute path of the JSON report to write
     :param str python: interpreter of the wrapper (default: buildout's own)
     """
@@ -117,6 +121,8 @@ class BaseRecipe(object):
         self.userns = read_choice(options, 'userns', ('auto', 'require', 'off'), 'auto')
         self.strict = read_choice(options, 'strict', ('false', 'true'), 'false') == 'true'
         self.kill_timeout = self._kill_timeout()
+        self.timeout = self._timeout()
+        self.ignore = self._leak_ignore()
         self.leak_report = read_absolute_path(options, 'leak-report')
         self.python = read_absolute_path(options, 'python') or sys.executable
 
@@ -150,6 +156,22 @@ class BaseRecipe(object):
         except isolate_exec.UsageError as e:
             raise zc.buildout.UserError(str(e))
         return specs
+
+    def _timeout(self):
+        value = self.options.get('timeout', '').strip()
+        if not value:
+            return None
+        try:
+            return isolate_exec.check_timeout(value, 'timeout')
+        except isolate_exec.UsageError as e:
+            raise zc.buildout.UserError(str(e))
+
+    def _leak_ignore(self):
+        try:
+            return [isolate_exec.check_ignore(p, 'leak-ignore')
+                    for p in _split_lines(self.options.get('leak-ignore'))]
+        except isolate_exec.UsageError as e:
+            raise zc.buildout.UserError(str(e))
 
     def _kill_timeout(self):
         value = self.options.get('kill-timeout', '5').strip()
@@ -257,7 +279,7 @@ class Recipe(BaseRecipe):
 
     def wrapper_arguments(self):
         return ('run_wrapper', self.command, self.environment, self.tmpfs, self.userns,
-                self.strict, self.kill_timeout, self.leak_report)
+                self.strict, self.kill_timeout, self.leak_report, self.ignore, self.timeout)
 
 
 class Suite(BaseRecipe):
@@ -266,7 +288,10 @@ class Suite(BaseRecipe):
     (slapos.recipe.isolated_suite.run_suite; erp5.util comes with it).
 
     :param lines test-cases: ``NAME COMMAND-LINE`` lines, run in this order;
-        names are unique words (letters, digits, ``_ . -``) (required)
+        names are unique words (letters, digits, ``_ . -``)
+    :param str nxdtest: instead of test-cases, a .nxdtest file (nxdtest's
+        format), read when the runner starts; relative to its working
+        directory (``.nxdtest``, as nxdtest)
     """ + BaseRecipe.__doc__.split('\n', 2)[2].replace(
         '    :param str leak-report: absolute path of the JSON report to write\n', '')
 
@@ -279,6 +304,7 @@ class Suite(BaseRecipe):
         if self.leak_report:
             raise self._error('leak-report', 'not an option of the suite recipe (each '
                               'case has its own report: see --log_directory)')
+        self.nxdtest = options.get('nxdtest', '').strip() or None
         self.cases = []
         for line in _split_lines(options.get('test-cases')):
             case, _, command_line = line.partition(' ')
@@ -290,12 +316,14 @@ class Suite(BaseRecipe):
             if not command_line.strip():
                 raise self._error('test-cases', 'no command line for %r' % case)
             self.cases.append((case, self._command_line('test-cases', command_line)))
-        if not self.cases:
-            raise self._error('test-cases', 'missing (required)')
+        if self.nxdtest and self.cases:
+            raise self._error('nxdtest', 'give test-cases or nxdtest, not both')
+        if not self.cases and not self.nxdtest:
+            raise self._error('test-cases', 'missing (required, or nxdtest)')
 
     def wrapper_arguments(self):
-        return ('run_suite', self.cases, self.environment, self.tmpfs, self.userns,
-                self.strict, self.kill_timeout)
+        return ('run_suite', self.cases or None, self.environment, self.tmpfs, self.userns,
+                self.strict, self.kill_timeout, self.nxdtest, self.timeout, self.ignore)
 
 
 class Eggs(object):
