@@ -354,12 +354,28 @@ def test_nxdtest_file(caller, nxdtest_runner):
     assert unit[2] == os.path.join(workdir, 'sub')  # cwd=
     assert re.match(r'^ok\tunit/py\t\d+\.\d{3}s\t# 3t 0e 0f 1s$', unit[-1])
     env = case_output(text, 'env/adj')
-    assert env[1] == "$ sh -c 'echo $NXD_ADJ; touch /tmp/left' # NXD_ADJ=adjusted"  # nxdtest's
+    assert env[1] == '$ sh -c echo $NXD_ADJ; touch /tmp/left # NXD_ADJ=adjusted'  # nxdtest's
     assert env[2:4] == ['adjusted', '# leaked /tmp/left']  # envadj=; the report on stdout
     assert text.endswith('\n# ran 2 test cases:  2\u00b7ok\n')
     r = run_in(workdir, [runner, '-k', 'custom'], caller)
     assert case_output(r.stdout, 'custom')[-1].endswith('\t# 9t 0e 1f 0s')  # summaryf=
     assert r.stdout.endswith('\n# ran 1 test case:  1\u00b7fail\n') and r.returncode == 1
+
+
+def test_nxdtest_own_expectations(nxdtest_runner):
+    """What nxdtest's own tests expect of it, of the runner."""
+    runner, workdir = nxdtest_runner
+    with open(os.path.join(workdir, '.nxdtest'), 'w') as f:
+        f.write("TestCase('TESTNAME', ['echo', 'TEST OUPUT'])\n"
+                "TestCase('BADSUMMARY', ['echo'], summaryf='error')\n")
+    r = run_in(workdir, [runner, '-k', 'TESTNAME'])
+    lines = r.stdout.splitlines()
+    assert '>>> TESTNAME' in lines and '$ echo TEST OUPUT' in lines and 'TEST OUPUT' in lines
+    assert re.match('ok\tTESTNAME\t.*s\t# 1t 0e 0f 0s', lines[-2])
+    assert lines[-1] == '# ran 1 test case:  1\u00b7ok'
+    r = run_in(workdir, [runner, '-k', 'BADSUMMARY'])  # a summaryf that fails: an error
+    assert 'TypeError' in r.stdout and 'Traceback' in r.stdout
+    assert r.stdout.endswith('# ran 1 test case:  1\u00b7error\n') and r.returncode == 1
 
 
 def test_nxdtest_file_errors_are_one_line(nxdtest_runner):

@@ -185,7 +185,14 @@ def case_status(returncode, out, err, summaryf=None):
     counted, it gets one error (as nxdtest)."""
     status = {'test_count': 1, 'error_count': 0, 'failure_count': 0, 'skip_count': 0}
     if summaryf is not None:
-        status.update(summaryf(out, err))
+        try:
+            status.update(summaryf(out, err))
+        except Exception:  # the tested project's code: its error is the case's (as nxdtest)
+            import traceback
+            problem = traceback.format_exc()
+            _buffer(sys.stderr).write(problem.encode('utf-8', 'replace'))
+            status['error_count'] = 1
+            status['summary_error'] = problem
     else:
         status.update(erp5_summary(out, err) or pytest_summary(out, err) or
                       unittest_summary(out, err))
@@ -231,14 +238,19 @@ class Case(object):
     """One test case: what nxdtest's TestCase(name, argv, summaryf=None,
     cwd=..., env=..., envadj=...) declares."""
 
-    def __init__(self, name, argv, summaryf=None, cwd=None, env=None, envadj=None):
+    def __init__(self, name, argv, summaryf=None, cwd=None, env=None, envadj=None,
+                 quoted=True):
         self.name, self.argv, self.summaryf = name, list(argv), summaryf
         self.cwd, self.env, self.envadj = cwd, env, dict(envadj or {})
+        self.quoted = quoted
 
     def command(self):
-        """As nxdtest shows it: 'make test.py # WENDELIN_CORE_TEST_DB=<fs>'"""
+        """The command as shown and sent to the master: shell-quoted for the
+        recipe's cases; for a .nxdtest's, exactly as nxdtest shows it (its
+        masters keep it): 'make test.py # WENDELIN_CORE_TEST_DB=<fs>'"""
         adj = ' '.join('%s=%s' % (k, self.envadj[k]) for k in sorted(self.envadj))
-        return ' '.join(quote(a) for a in self.argv) + (' # ' + adj if adj else '')
+        argv = [quote(a) for a in self.argv] if self.quoted else self.argv
+        return ' '.join(argv) + (' # ' + adj if adj else '')
 
 
 class PyTest(object):
@@ -272,7 +284,7 @@ def load_nxdtest(path):
         if name in names:
             raise ValueError('TestCase %r declared twice' % name)
         names.add(name)
-        cases.append(Case(name, argv, summaryf, **kw))
+        cases.append(Case(name, argv, summaryf, quoted=False, **kw))
     with open(path) as f:
         source = f.read()
     code = compile(source, os.path.realpath(path), 'exec')
@@ -412,6 +424,9 @@ class Suite(object):
                 _buffer(stream).write(data)
                 _buffer(stream).flush()
         status = case_status(running.proc.returncode, out, err, case.summaryf)
+        problem = status.pop('summary_error', None)
+        if problem:
+            err += problem.encode('utf-8', 'replace')
         report = self.read_report(running.report, case.name, log_directory)
         if report.get('timed_out'):
             status['error_count'] = status['error_count'] or 1
@@ -650,7 +665,7 @@ def run_suite(cases=None, environment=None, tmpfs=(), userns='auto', strict=Fals
     try:
         suite.run(test_result, args.log_directory, args.node_quantity)
     finally:
-        emit(u'\n' + suite.summary())
+        emit(suite.summary())  # right after the last status line, as nxdtest
     if args.master_url:
         return 0
     return 0 if not suite.cancelled and set(suite.results) <= set(['ok']) else 1
