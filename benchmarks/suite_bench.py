@@ -12,16 +12,15 @@ buildout with `nxdtest = .nxdtest`.
 """
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CHECKOUT = os.path.dirname(HERE)
-PREFIX = os.environ.get('ISOLATEDTEST_PREFIX', '/var/tmp/isolatedtest')
-SCRATCH = PREFIX + '-bench'
+sys.path.insert(0, HERE)
+from bench import PREFIX, SCRATCH, build_part  # noqa: E402 (the same scratch and buildout)
+
 NXDTEST = os.path.join(SCRATCH, 'peers', 'nxdtest', 'bin', 'nxdtest')
 CASES = {  # name -> (.nxdtest source, cases)
     'sleep-bound': ("for i in range(8):\n"
@@ -35,20 +34,11 @@ CASES = {  # name -> (.nxdtest source, cases)
 
 
 def build_runner():
-    directory = os.path.join(SCRATCH, 'suite')
-    src = os.path.join(SCRATCH, 'suite-src')
-    shutil.rmtree(src, ignore_errors=True)
-    os.makedirs(directory, exist_ok=True)
-    shutil.copytree(CHECKOUT, src, ignore=shutil.ignore_patterns(
-        '.git', 'tests', 'benchmarks', 'software', 'build', '*.egg-info', '__pycache__'))
-    with open(os.path.join(directory, 'buildout.cfg'), 'w') as f:
-        f.write('[buildout]\nparts = runTestSuite\noffline = true\ndevelop = %s\n'
-                'eggs-directory = %s-eggs\n'
-                '[runTestSuite]\nrecipe = slapos.recipe.isolatedtest:suite\n'
-                'wrapper-path = ${buildout:bin-directory}/runTestSuite\nnxdtest = .nxdtest\n'
-                'private-tmpfs =\n  64m /tmp\n' % (src, PREFIX))
-    subprocess.check_call([PREFIX + '-buildout/bin/buildout', '-q'], cwd=directory,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """bin/runTestSuite, with nxdtest = .nxdtest (erp5.util from .ci/setup's eggs)."""
+    directory = build_part('runTestSuite', 'recipe = slapos.recipe.isolatedtest:suite\n'
+                           'wrapper-path = ${buildout:bin-directory}/runTestSuite\n'
+                           'nxdtest = .nxdtest\nprivate-tmpfs =\n  64m /tmp\n',
+                           'eggs-directory = %s-eggs\n' % PREFIX)
     return os.path.join(directory, 'bin', 'runTestSuite')
 
 

@@ -74,6 +74,16 @@ for _name in ('slapos', 'slapos.recipe'):
 sys.modules['slapos'].recipe = sys.modules['slapos.recipe']
 '''
 
+def self_command(python=None):
+    """argv running isolate-exec with this very runtime and python (default:
+    this one), without site nor pkg_resources (NAMESPACE_SETUP): what the
+    suite runner runs each case with, and the instance's probe."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return [python or sys.executable, '-S', '-c', 'import sys\nsys.path[0:0] = %r\n%s'
+            'from slapos.recipe.isolate_exec import console_main\nconsole_main()'
+            % ([root], NAMESPACE_SETUP)]
+
+
 # Exit statuses (also documented in USAGE).
 EXIT_USAGE = 2          # bad command line
 EXIT_LEAKED = 3         # --strict, the command succeeded but something leaked
@@ -1130,7 +1140,7 @@ def _on_path(name, env):
 
 
 def _read_tokens(fd):
-    """Read fd to EOF. -> {letter: int} from the b'<letter><number>\\n' tokens"""
+    """Read fd to EOF. -> {b'letter': int} from the b'<letter><number>\\n' tokens"""
     tokens = {}
     for token in _read_all(fd).split(b'\n'):
         if token[1:].isdigit():
@@ -1266,9 +1276,9 @@ class IsolatedCommand(object):
         os.close(self.go_w)
         tokens = _read_tokens(self.sync_r)  # EOF at exec: the pipe is close-on-exec
         os.close(self.sync_r)
-        if 'X' in tokens or b'X' in tokens:
+        if b'X' in tokens:
             wait_command(self.pid)
-            return exec_failure(self.run, self.env, tokens.get(b'X', tokens.get('X')))
+            return exec_failure(self.run, self.env, tokens[b'X'])
         return None
 
     def quit(self):
@@ -1319,12 +1329,11 @@ class FallbackCommand(object):
             finally:
                 os._exit(0)
         os.close(report_w)
-        self.pid = None
         tokens = _read_tokens(report_r)  # EOF when the command exec'd (or failed)
         os.close(report_r)
         _waitpid(holder, 0)
-        self.pid = tokens.get(b'P', tokens.get('P'))
-        self.failure = tokens.get(b'X', tokens.get('X'))
+        self.pid = tokens.get(b'P')
+        self.failure = tokens.get(b'X')
 
     def go(self):
         if self.pid is None:
@@ -1580,6 +1589,22 @@ class WalkError(Exception):
     pass
 
 
+def _opening_up(name, st, action):
+    """action(name) on a directory listed as st; if it is mode 000 (EACCES),
+    its owner may open it up first (it is the run's, and being thrown away).
+    -> action's result, or None if it cannot be done"""
+    try:
+        return action(name)
+    except OSError as e:
+        if e.errno != errno.EACCES:
+            return None
+    try:
+        os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        return action(name)
+    except OSError:
+        return None
+
+
 class FileReport(object):
     """What the walks found, within the report's bounds: every path is
     counted; names are kept up to MAX_NAME_BYTES (then only counted), sticky
@@ -1637,10 +1662,13 @@ class Walk(object):
     tells a bind mount of the same file system), by relative fchdir (no
     lookup of long paths, PATH_MAX is 4096; no recursion, the tree may be
     deep). With remove, everything found is deleted on the way (fallback mode:
-    the private TMPDIR is ours to delete, and nothing of the run is alive)."""
+    the private TMPDIR is ours to delete, and nothing of the run is alive).
+    Without remove (isolated mode: every process of the run is dead, the
+    tmpfs is the run's own), directories are entered with a plain chdir."""
 
     def __init__(self, report, root_fd, prefix, skip=(), remove=False, ignore=(), shown_as=None):
         self.report, self.prefix, self.skip, self.remove = report, prefix, skip, remove
+        self.root_fd = root_fd
         self.root = os.fstat(root_fd)
         self.mount_id = mount_id(root_fd) if remove else None
         self.names = []  # the path below root of the current directory
@@ -1668,13 +1696,13 @@ class Walk(object):
             return None
         return b'/'.join([self.prefix] + self.names + [name])
 
-    def run(self, root_fd):
-        os.fchdir(root_fd)
-        self._make_writable(root_fd, self.root)
+    def run(self):
+        os.fchdir(self.root_fd)
+        self._make_writable(self.root_fd, self.root)
         self.quiet = 0  # > 0 inside an ignored directory being removed
         stack = [(self._list(), (self.root.st_dev, self.root.st_ino), False)]
         while stack:
-            todo, here, quiet = stack[-1]
+            todo, _, quiet = stack[-1]
             if not todo:
                 stack.pop()
                 self.quiet -= quiet
@@ -1694,19 +1722,20 @@ class Walk(object):
                     stack.append((self._list(), (st.st_dev, st.st_ino), True))
                 continue
             path = self.path(name)
+            dpath = path and path + b'/'  # None past the budget: only counted
             if st.st_dev != self.root.st_dev:  # a mount point: only its directory is ours
                 if path is None or path not in self.skip:
-                    self.report.add(path and path + b'/')
+                    self.report.add(dpath)
                     if self.remove:
-                        self.report.add_special('left', path and path + b'/')
+                        self.report.add_special('left', dpath)
                 continue
-            self.report.add(path and path + b'/')
+            self.report.add(dpath)
             if st.st_mode & stat.S_ISVTX:  # like wcfs' shared registry: not a leak
-                self.report.add_special('sticky', path and path + b'/')
+                self.report.add_special('sticky', dpath)
             if not self._enter(name, st):
-                self.report.add_special('unreadable', path and path + b'/')
+                self.report.add_special('unreadable', dpath)
                 if self.remove:
-                    self.report.add_special('left', path and path + b'/')
+                    self.report.add_special('left', dpath)
                 continue
             self.names.append(name)
             stack.append((self._list(), (st.st_dev, st.st_ino), False))
@@ -1717,8 +1746,7 @@ class Walk(object):
         try:
             files, dirs = _list_cwd()
         except OSError:
-            self.report.add_special('unreadable', self.path(b'')[:-1] + b'/'
-                                    if self.report.keeps() else None)
+            self.report.add_special('unreadable', self.path(b''))
             return []
         shown = files
         if self.quiet:
@@ -1739,42 +1767,23 @@ class Walk(object):
         return dirs[::-1]
 
     def _enter(self, name, st):
-        """fchdir into name, which was listed as st, if it still is that very
-        directory on the same mount. -> False if it cannot be entered"""
-        if not self.remove:
-            # Isolated mode: every process of the run is dead by now, and the
-            # tmpfs is the run's own: nothing can swap a directory for a link
-            # (two system calls a directory instead of six).
-            try:
-                os.chdir(name)
-                return True
-            except OSError as e:
-                if e.errno != errno.EACCES:
-                    return False
-            try:  # mode 000: its owner may open it up, it is being thrown away
-                os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-                os.chdir(name)
-                return True
-            except OSError:
-                return False
-        try:
-            fd = os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        except OSError as e:
-            if e.errno != errno.EACCES:
-                return False
-            try:  # mode 000: its owner may open it up, and it is being thrown away
-                os.chmod(name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-                fd = os.open(name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            except OSError:
-                return False
+        """chdir into name, which was listed as st; with remove, only if it
+        still is that very directory on the same mount (opened without
+        following a link, checked, then fchdir). -> False if it cannot be
+        entered"""
+        if not self.remove:  # two system calls a directory instead of six
+            return _opening_up(name, st, lambda name: os.chdir(name) or True) is not None
+        fd = _opening_up(name, st, lambda name: os.open(
+            name, os.O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
+        if fd is None:
+            return False
         try:
             now_st = os.fstat(fd)
             if (now_st.st_dev, now_st.st_ino) != (st.st_dev, st.st_ino):
                 return False
             if self.mount_id is not None and mount_id(fd) not in (None, self.mount_id):
                 return False  # a bind mount of the same file system
-            if self.remove:
-                self._make_writable(fd, now_st)
+            self._make_writable(fd, now_st)
             os.fchdir(fd)
             return True
         except OSError:
@@ -1800,7 +1809,6 @@ class Walk(object):
             st = os.stat(b'.')
             if (st.st_dev, st.st_ino) != parent:
                 raise WalkError('%s moved during the walk' % fsdecode(self.prefix))
-        if self.remove:
             try:
                 os.rmdir(name)
             except OSError:
@@ -1924,7 +1932,7 @@ class Checks(object):
         return result
 
     def check_processes(self):
-        processes, killed = stop_leaked_processes(self.processes, self.kill_timeout)
+        processes, killed = stop_leaked_processes(self.processes, self.run.kill_timeout)
         result = {'processes': processes[:MAX_ITEMS], 'killed': killed[:MAX_ITEMS],
                   'counts': {'leaked_processes': len(processes), 'killed_pids': len(killed)}}
         return result
@@ -1933,7 +1941,7 @@ class Checks(object):
 class IsolatedChecks(Checks):
 
     def __init__(self, run, roots, proc_fd):
-        self.run, self.roots, self.kill_timeout = run, roots, run.kill_timeout
+        self.run, self.roots = run, roots
         self.processes = ProcessTable(proc_fd, isolated=True)
         self.proc_fd = proc_fd
         # (the command has not run yet: /proc is still the one mounted above,
@@ -1968,7 +1976,7 @@ class IsolatedChecks(Checks):
         report = FileReport()
         skip = set(fsencode(entry.path) for entry in self.run.tmpfs)
         for fd, entry in zip(self.roots, self.run.tmpfs):
-            Walk(report, fd, fsencode(entry.path), skip, ignore=self.run.ignore).run(fd)
+            Walk(report, fd, fsencode(entry.path), skip, ignore=self.run.ignore).run()
         return report.result()
 
 
@@ -2059,7 +2067,7 @@ class PrivateDir(object):
 class FallbackChecks(Checks):
 
     def __init__(self, run, private):
-        self.run, self.private, self.kill_timeout = run, private, run.kill_timeout
+        self.run, self.private = run, private
         self.processes = ProcessTable(_open_directory('/proc', 'open'), isolated=False)
         env = dict(run.env, TMPDIR=private.path, TMP=private.path, TEMP=private.path)
         self.command = FallbackCommand(run, env)
@@ -2071,7 +2079,7 @@ class FallbackChecks(Checks):
     def check_files(self):
         report = FileReport()
         Walk(report, self.private.fd, fsencode(self.private.path), remove=True,
-             ignore=self.run.ignore, shown_as=b'/tmp').run(self.private.fd)
+             ignore=self.run.ignore, shown_as=b'/tmp').run()
         if not self.private.remove(report):
             report.add_special('left', fsencode(self.private.path) + b'/')
         return report.result()

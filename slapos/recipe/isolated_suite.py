@@ -353,11 +353,7 @@ class Suite(object):
         # The runner's own interpreter, with the runtime's sys.path entry:
         # re-running sys.executable alone would lose buildout's sys.path (and
         # without site, as the wrapper: ~7 ms less per case).
-        root = os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(isolate_exec.__file__))))
-        self.isolate_exec = [sys.executable, '-S', '-c', 'import sys\nsys.path[0:0] = %r\n%s'
-                             'from slapos.recipe.isolate_exec import console_main\nconsole_main()'
-                             % ([root], isolate_exec.NAMESPACE_SETUP)]
+        self.isolate_exec = isolate_exec.self_command()
         for path, options in tmpfs:
             self.isolate_exec += ['--tmpfs', '%s:%s' % (path, options)]
         self.isolate_exec += ['--userns', userns, '--kill-timeout', repr(kill_timeout),
@@ -381,10 +377,14 @@ class Suite(object):
         self.on_signal(signal.SIGTERM, None)
         self.cancelled = 'by the master'
 
+    @staticmethod
+    def print_header(case):
+        emit(u'\n>>> %s' % case.name)
+        emit(u'$ %s' % case.command())
+
     def start_case(self, case, line, report_dir, live):
         if live:  # one at a time: its output as it comes
-            emit(u'\n>>> %s' % case.name)
-            emit(u'$ %s' % case.command())
+            self.print_header(case)
         env = dict(case.env if case.env is not None else os.environ)
         env.update(self.environment)
         env.update(case.envadj)
@@ -402,8 +402,7 @@ class Suite(object):
     def finish_failed_start(self, case, line, live, error):
         message = ('%s: %s\n' % (case.cwd or case.argv[0], os.strerror(error.errno))).encode()
         if not live:
-            emit(u'\n>>> %s' % case.name)
-            emit(u'$ %s' % case.command())
+            self.print_header(case)
         _buffer(sys.stderr).write(message)
         status = {'test_count': 1, 'error_count': 1, 'failure_count': 0, 'skip_count': 0,
                   'command': case.command(), 'duration': 0.0, 'stdout': b'', 'stderr': message,
@@ -418,8 +417,7 @@ class Suite(object):
         case = running.case
         out, err = b''.join(running.out), b''.join(running.err)
         if not running.live:
-            emit(u'\n>>> %s' % case.name)
-            emit(u'$ %s' % case.command())
+            self.print_header(case)
             for stream, data in ((sys.stdout, out), (sys.stderr, err)):
                 _buffer(stream).write(data)
                 _buffer(stream).flush()

@@ -35,6 +35,15 @@ def option_error(option, message):
     return zc.buildout.UserError('%s: %s' % (option, message))
 
 
+def checked(check, *args):
+    """Run one of isolate_exec's checks of a value; the UsageError it raises,
+    which names the option, becomes buildout's UserError."""
+    try:
+        return check(*args)
+    except isolate_exec.UsageError as e:
+        raise zc.buildout.UserError(str(e))
+
+
 def read_absolute_path(options, option, required=False):
     """An option holding an absolute path. -> normalized path, or None"""
     value = options.get(option, '').strip()
@@ -151,34 +160,22 @@ class BaseRecipe(object):
                 raise self._error('private-tmpfs', 'size %r for %s: no limit; give a size'
                                   % (size, path))
             specs.append((path, 'size=' + size))
-        try:
-            isolate_exec.make_tmpfs_table(specs, 'private-tmpfs')
-        except isolate_exec.UsageError as e:
-            raise zc.buildout.UserError(str(e))
+        checked(isolate_exec.make_tmpfs_table, specs, 'private-tmpfs')
         return specs
 
     def _timeout(self):
         value = self.options.get('timeout', '').strip()
         if not value:
             return None
-        try:
-            return isolate_exec.check_timeout(value, 'timeout')
-        except isolate_exec.UsageError as e:
-            raise zc.buildout.UserError(str(e))
+        return checked(isolate_exec.check_timeout, value, 'timeout')
 
     def _leak_ignore(self):
-        try:
-            return [isolate_exec.check_ignore(p, 'leak-ignore')
-                    for p in _split_lines(self.options.get('leak-ignore'))]
-        except isolate_exec.UsageError as e:
-            raise zc.buildout.UserError(str(e))
+        return [checked(isolate_exec.check_ignore, p, 'leak-ignore')
+                for p in _split_lines(self.options.get('leak-ignore'))]
 
     def _kill_timeout(self):
         value = self.options.get('kill-timeout', '5').strip()
-        try:
-            return isolate_exec.check_kill_timeout(value, 'kill-timeout')
-        except isolate_exec.UsageError as e:
-            raise zc.buildout.UserError(str(e))
+        return checked(isolate_exec.check_kill_timeout, value, 'kill-timeout')
 
     def _command_line(self, option, value):
         try:

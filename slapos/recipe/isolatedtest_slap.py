@@ -26,6 +26,10 @@ import sys
 import xml.etree.ElementTree as etree
 
 try:
+    from shlex import quote
+except ImportError:  # Python 2
+    from pipes import quote
+try:
     from urllib.parse import urlencode
     from urllib.request import Request, urlopen
 except ImportError:  # Python 2
@@ -248,15 +252,6 @@ class Parameters(object):
 
 # -- isolation on the node -----------------------------------------------------------
 
-def probe_command(python=None):
-    """argv running `isolate-exec --probe` with this egg's runtime."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(isolate_exec.__file__))))
-    return [python or sys.executable, '-S', '-c', 'import sys\nsys.path[0:0] = %r\n%s'
-            'from slapos.recipe.isolate_exec import console_main\nconsole_main()'
-            % ([root], isolate_exec.NAMESPACE_SETUP), '--probe']
-
-
 class Probe(object):
     """What isolation the node gives: `isolate-exec --probe`, run as the
     partition's user when buildout installs or updates the part.
@@ -277,13 +272,13 @@ class Probe(object):
         self.userns = read_choice(options, 'userns', ('auto', 'require', 'off'), 'auto')
         self.promise = read_absolute_path(options, 'promise')
         self.python = read_absolute_path(options, 'python') or sys.executable
-        proc = subprocess.Popen(probe_command(self.python), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        self.probe = isolate_exec.self_command(self.python) + ['--probe']
+        proc = subprocess.Popen(self.probe, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = proc.communicate()
         line = out.decode('utf-8', 'replace').strip()
         if proc.returncode not in (0, 1) or not line:
             raise user_error('isolate-exec --probe failed (exit status %d): %s'
-                                        % (proc.returncode, err.decode('utf-8', 'replace').strip()))
+                             % (proc.returncode, err.decode('utf-8', 'replace').strip()))
         options['result'] = line
         options['available'] = 'true' if proc.returncode == 0 else 'false'
 
@@ -294,23 +289,17 @@ class Probe(object):
         directory = os.path.dirname(self.promise)
         if not os.path.isdir(directory):
             os.makedirs(directory)
-        text = ('#!/bin/sh\n'
-                '# SlapOS promise: isolation of the test runs (userns = %s)\n'
-                '%s\n' % (self.userns, ' '.join(_quote(a) for a in probe_command(self.python))
-                          if self.userns == 'require' else 'exit 0'))
         if self.userns == 'require':
-            text = text.replace(' --probe\n', ' --probe || { echo "userns = require, and user '
-                                'namespaces do not work on this node" >&2; exit 1; }\n')
+            check = ('%s || { echo "userns = require, and user namespaces do not work on '
+                     'this node" >&2; exit 1; }' % ' '.join(quote(a) for a in self.probe))
+        else:
+            check = 'exit 0'
+        text = ('#!/bin/sh\n# SlapOS promise: isolation of the test runs (userns = %s)\n%s\n'
+                % (self.userns, check))
         write_file(self.promise, text, 0o755, logging.getLogger(self.name))
         return [self.promise]
 
     update = install
-
-
-def _quote(arg):
-    if re.match(r'^[\w@%+=:,./-]+$', arg):
-        return arg
-    return "'" + arg.replace("'", "'\"'\"'") + "'"
 
 
 # -- connection parameters -------------------------------------------------------------
