@@ -577,3 +577,35 @@ def test_every_python_of_the_machine(python, uid, scratch):
     assert report[0].endswith("'sleep' ['sleep', '100']") and report[1:] == ['# leaked /tmp/x']
     with open(scratch + '/r.json') as f:
         assert json.load(f)['leaked_files'] == ['/tmp/x']
+
+
+# -- --timeout, --ignore, --stdout-report --------------------------------------------------
+
+@pytest.mark.parametrize('mode', ['isolated', 'fallback'])
+@pytest.mark.parametrize('caller', CALLERS)
+def test_timeout_stops_the_command_and_reports(caller, mode):
+    start = time.time()
+    r = run(['--timeout', '0.5', '--kill-timeout', '0.3'] +
+            sh('touch ${TMPDIR:-/tmp}/t; trap "" TERM; sleep 1000'),
+            caller=caller, sandbox=mode == 'fallback')
+    assert r.returncode == 124, r
+    assert time.time() - start < 30
+    assert '# timed out after 0.5 s: stopped with SIGTERM, then SIGKILL' in r.report
+    assert [l for l in r.report if l.startswith('# leaked ') and l.endswith('/t')]
+
+
+@pytest.mark.parametrize('mode', ['isolated', 'fallback'])
+@pytest.mark.parametrize('caller', CALLERS)
+def test_ignore_names_what_the_runner_leaves(caller, mode):
+    """In fallback mode the private TMPDIR stands for /tmp in the patterns,
+    and what is ignored is still removed with it."""
+    r = run(['--strict', '--ignore', '/tmp/pytest-of-*', '--stdout-report'] +
+            sh('d=${TMPDIR:-/tmp}; mkdir -p $d/pytest-of-x/a; touch $d/pytest-of-x/a/f $d/kept; '
+               'echo $d'), caller=caller, sandbox=mode == 'fallback')
+    assert r.returncode == 3, r
+    lines = r.stdout.splitlines()  # --stdout-report: the report follows the command's output
+    private = lines[0]
+    assert [l for l in lines if l.startswith('# leaked ')] == ['# leaked %s/kept' % private]
+    assert r.stderr.count('pytest-of') == 0
+    if mode == 'fallback':
+        assert not os.path.exists(private)
