@@ -121,6 +121,11 @@ options:
   --userns MODE   auto (default): isolate when possible, else fall back;
                   require: refuse to run COMMAND without isolation;
                   off: run in fallback mode on purpose
+  --subids MODE   auto (default): a non-root caller with subordinate ids
+                  (/etc/subuid and /etc/subgid, newuidmap and newgidmap)
+                  gets the other ids below 65536 mapped to them, so that
+                  chown or setuid to another user fail with EPERM as on the
+                  host; off: map the caller's uid and gid only
   --report FILE   write a JSON report of the run to FILE (a device or a pipe
                   is written in place)
   --strict        exit with status 3 when anything leaked and COMMAND
@@ -136,13 +141,13 @@ options:
                   /tmp/pytest-of-*; repeatable
   --stdout-report print the report on stdout (where nxdtest's trun printed
                   it) instead of stderr
-  --probe         print what is available (+userns -fuse ...) and exit 0 when
+  --probe         print what is available (+userns -subids (...) +fuse) and exit 0 when
                   isolation works, 1 when it does not
   --version       print the version and exit
   -h, --help      show this help and exit
 
 isolation: a non-root caller keeps its uid and gid in a new user namespace
-that maps only them; COMMAND runs with CAP_SYS_ADMIN only (mount and FUSE
+that maps them (and its subordinate ids, see --subids); COMMAND runs with CAP_SYS_ADMIN only (mount and FUSE
 work, file permissions still apply), cannot unmount the private mounts, and
 /etc/passwd and /etc/group list only the caller, root, nobody, nogroup and
 disk. A root caller gets mount and pid namespaces and keeps all of root's
@@ -430,6 +435,7 @@ class Options(object):
     """The parsed command line."""
     tmpfs_specs = ()
     userns = 'auto'
+    subids = 'auto'
     report = None
     strict = False
     kill_timeout = 5.0
@@ -464,7 +470,8 @@ def parse_args(argv):
                 opts.version = True
                 return opts
             setattr(opts, name[2:].replace('-', '_'), True)
-        elif name in ('--tmpfs', '--userns', '--report', '--kill-timeout', '--timeout', '--ignore'):
+        elif name in ('--tmpfs', '--userns', '--subids', '--report', '--kill-timeout',
+                      '--timeout', '--ignore'):
             if not eq:
                 i += 1
                 if i == len(argv):
@@ -481,6 +488,10 @@ def parse_args(argv):
                 if value not in ('auto', 'require', 'off'):
                     raise UsageError('--userns %r: must be auto, require or off' % value)
                 opts.userns = value
+            elif name == '--subids':
+                if value not in ('auto', 'off'):
+                    raise UsageError('--subids %r: must be auto or off' % value)
+                opts.subids = value
             elif name == '--report':
                 opts.report = check_report_path(value)
             elif name == '--timeout':
@@ -795,6 +806,154 @@ def map_caller_ids(uid, gid):
             if name == 'setgroups' and e.errno == errno.ENOENT:
                 continue
             raise _os_error('write %s' % path, e.errno)
+
+
+# Subordinate ids (subuid(5), subgid(5)): the ranges of host ids that a user
+# may map into its user namespaces, through shadow's setuid newuidmap and
+# newgidmap (Debian package uidmap), as rootless containers do. The kernel
+# lets an unprivileged process map only its own id, so every other id a test
+# picks (root, nobody, the "other user" of CPython's test_os) is unmapped and
+# chown, setuid or Popen(user=) fail with EINVAL instead of the EPERM the
+# test expects on the host. With the caller's subordinate ids, the ids below
+# ID_LIMIT are mapped (to them), the caller's own id staying itself: those
+# calls then fail with EPERM (the command has no CAP_SETUID nor CAP_CHOWN).
+ID_LIMIT = 65536
+# Linux < 4.15 takes at most 5 lines per map (commit 6397fac4915a raised it
+# to 340).
+MAX_MAP_LINES = 5
+_MAP_TOOL_DIRS = ('/usr/bin', '/bin', '/usr/sbin', '/sbin')
+
+
+class SubordinateIds(object):
+    """The uid and gid maps to write into a new user namespace with
+    newuidmap and newgidmap, or why there are none (reason)."""
+    uid = gid = tools = None
+    reason = None
+
+    def __init__(self, uid, gid, database='/etc'):
+        import pwd
+        try:
+            name = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            name = None
+        maps = []
+        for kind, own, tool in (('uid', uid, 'newuidmap'), ('gid', gid, 'newgidmap')):
+            path = os.path.join(database, 'sub' + kind)
+            ranges = subordinate_ranges(path, name, uid)
+            lines = subordinate_id_map(own, ranges)
+            if lines is None:
+                self.reason = 'no subordinate %ss for %s in %s' % (
+                    kind, name or 'uid %d' % uid, path)
+                return
+            # the system's, not one on the caller's PATH: only a setuid
+            # one works, and a test must not change what its run maps
+            found = [os.path.join(d, tool) for d in _MAP_TOOL_DIRS
+                     if os.path.exists(os.path.join(d, tool))]
+            if not found:
+                self.reason = '%s not found' % tool
+                return
+            found = found[0]
+            if os.stat(found).st_uid != 0:
+                # In a user namespace where the host's root is unmapped (a
+                # nested run), neither its setuid bit nor its file
+                # capabilities take effect (fs/exec.c bprm_fill_uid,
+                # security/commoncap.c rootid_owns_currentns).
+                self.reason = '%s is not owned by root here' % found
+                return
+            maps.append((lines, found))
+        (self.uid, newuidmap), (self.gid, newgidmap) = maps
+        self.tools = newuidmap, newgidmap
+
+
+def subordinate_ranges(path, name, uid):
+    """-> [(first, count)] of the lines of path (NAME_OR_UID:FIRST:COUNT)
+    for the user; none if path cannot be read"""
+    ranges = []
+    try:
+        with open(path, 'rb') as f:
+            data = f.read(1 << 20).decode('utf-8', 'replace')
+    except (IOError, OSError):
+        return ranges
+    for line in data.splitlines():
+        fields = line.strip().split(':')
+        if len(fields) != 3 or fields[0] not in (name, str(uid)):
+            continue
+        try:
+            first, count = int(fields[1]), int(fields[2])
+        except ValueError:
+            continue
+        if first >= 0 and count > 0:
+            ranges.append((first, count))
+    return ranges
+
+
+def subordinate_id_map(own, ranges):
+    """Map lines (inside, outside, count): own to itself, then the other ids
+    below ID_LIMIT, from 0 up, to the subordinate ranges (without own, which
+    a range may include). -> the lines, or None if no range is usable"""
+    lines = [(own, own, 1)]
+    wanted = [(first, end) for first, end in ((0, min(own, ID_LIMIT)), (own + 1, ID_LIMIT))
+              if first < end]
+    for start, count in ranges:
+        end = start + count
+        for a, b in ((start, min(end, own)), (max(start, own + 1), end)):
+            while a < b and wanted and len(lines) < MAX_MAP_LINES:
+                first, last = wanted[0]
+                n = min(b - a, last - first)
+                lines.append((first, a, n))
+                a += n
+                if first + n == last:
+                    wanted.pop(0)
+                else:
+                    wanted[0] = (first + n, last)
+    return lines if len(lines) > 1 else None
+
+
+def map_subordinate_ids(pid, ids):
+    """Have newuidmap and newgidmap write the maps of pid's user namespace
+    (they are setuid root: an unprivileged writer may map its own id only).
+    -> None, or what failed"""
+    import subprocess
+    for tool, lines in zip(ids.tools, (ids.uid, ids.gid)):
+        argv = [tool, str(pid)] + ['%d' % n for line in lines for n in line]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, close_fds=True,
+                                    env={'PATH': ':'.join(_MAP_TOOL_DIRS), 'LC_ALL': 'C'})
+            out = proc.communicate()[0].decode('utf-8', 'replace').strip()
+        except OSError as e:
+            return '%s: %s' % (tool, os.strerror(e.errno))
+        if proc.returncode:
+            out = out.splitlines()[-1] if out else 'exit status %d' % proc.returncode
+            return '%s: %s' % (os.path.basename(tool), out[:200])
+    return None
+
+
+def write_id_maps(pid, ids):
+    """Map into the user namespace of pid (a child of ours, in a user
+    namespace we own) the same ids as ours, to themselves: we have
+    CAP_SETUID and CAP_SETGID over it, so more than one line is allowed and
+    setgroups need not be denied (user_namespaces(7))."""
+    for name, lines in (('uid_map', ids.uid), ('gid_map', ids.gid)):
+        path = '/proc/%d/%s' % (pid, name)
+        text = ''.join('%d %d %d\n' % (inside, inside, n) for inside, _, n in lines)
+        try:
+            fd = os.open(path, os.O_WRONLY | O_CLOEXEC)
+            try:
+                os.write(fd, text.encode('ascii'))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise _os_error('write %s' % path, e.errno, ())
+
+
+def wait_for_id_maps(fd):
+    """Wait for isolate-exec to have written our maps (b'M'); exit if it
+    could not (it then starts a supervisor that maps the caller only)."""
+    ok = os.read(fd, 1) == b'M'
+    os.close(fd)
+    if not ok:
+        os._exit(0)
 
 
 def make_mounts_private():
@@ -1228,6 +1387,9 @@ class IsolatedCommand(object):
         os.close(go_r)
         self.pid, self.sync_r, self.go_w = pid, sync_r, go_w
         try:
+            if run.userns and run.subids:
+                write_id_maps(pid, run.subids)
+                write_all(go_w, b'M')
             ready = os.read(sync_r, 1 << 12)
             if ready != b'R':
                 raise self._child_error(ready)
@@ -1244,8 +1406,12 @@ class IsolatedCommand(object):
         """The command's process: set up, say so, wait for go, exec."""
         try:
             run = self.run
-            if run.userns:
+            if run.userns and run.subids:
+                if os.read(go_r, 1) != b'M':
+                    os._exit(0)
+            elif run.userns:
                 map_caller_ids(run.uid, run.gid)
+            if run.userns:
                 drop_to_sys_admin()
             if run.foreground:
                 os.setpgid(0, 0)
@@ -1829,6 +1995,14 @@ class Run(object):
         self.ignore = opts.ignore
         self.uid, self.gid = os.getuid(), os.getgid()
         self.userns = self.uid != 0
+        # the caller's subordinate ids to map, if any (non-root callers)
+        self.subids = self.subids_reason = self.map_fd = None
+        if self.userns:
+            if opts.subids == 'off':
+                self.subids_reason = 'disabled by --subids off'
+            else:
+                ids = SubordinateIds(self.uid, self.gid)
+                self.subids, self.subids_reason = (ids, None) if ids.uid else (None, ids.reason)
         self.isolated = True
         self.parent = os.getpid()
         self.closed_stdio = list(closed_stdio)
@@ -1983,7 +2157,9 @@ class IsolatedChecks(Checks):
 def set_up_isolation(run):
     """The isolation checklist, in order; each step raises SetupError.
     -> IsolatedChecks, whose command is ready to exec"""
-    if run.userns:
+    if run.subids:
+        wait_for_id_maps(run.map_fd)
+    elif run.userns:
         map_caller_ids(run.uid, run.gid)
     make_mounts_private()
     if run.userns:
@@ -2109,20 +2285,43 @@ def run_supervised(run):
     then 'status', the checks' results, 'errors' (checks that failed), and
     'done' if it finished"""
     lifeline_r, lifeline_w = make_pipe()
+    map_w = None
     if run.isolated:
         flags = CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if run.userns else 0)
+        if run.userns and run.subids:
+            run.map_fd, map_w = make_pipe()
         try:
             pid = clone_into_namespaces(flags)
         except SetupError as e:
-            os.close(lifeline_r)
-            os.close(lifeline_w)
+            for fd in (lifeline_r, lifeline_w, run.map_fd, map_w):
+                if fd is not None:
+                    os.close(fd)
             return {'error' if e.unavailable else 'fatal': str(e)}
     else:
         pid = os.fork()
     if pid == 0:
         os.close(lifeline_r)
+        if map_w is not None:
+            os.close(map_w)
         supervise(run, lifeline_w)  # does not return
     os.close(lifeline_w)
+    if map_w is not None:
+        os.close(run.map_fd)
+        failed = map_subordinate_ids(pid, run.subids)
+        if failed is None:
+            try:
+                write_all(map_w, b'M')
+            except OSError:  # it died: its lifeline tells
+                pass
+        os.close(map_w)
+        if failed is not None:
+            # it exits at EOF; start again, mapping the caller only
+            _waitpid(pid, 0)
+            os.close(lifeline_r)
+            run.subids, run.subids_reason = None, failed
+            if run.command is not None:
+                warn('# subordinate ids not mapped (%s)' % failed)
+            return run_supervised(run)
     forward_signals_to(pid)
     result = {'errors': []}
     try:
@@ -2454,6 +2653,8 @@ def probe(opts):
     name = 'userns' if run.userns else 'mountns'
     error = result.get('error') or result.get('fatal') or '; '.join(result['errors']) or None
     words = ['-%s (%s)' % (name, error) if error else '+' + name]
+    if run.userns:
+        words.append('+subids' if run.subids else '-subids (%s)' % run.subids_reason)
     fuse, reason = fuse_available(run.userns)
     words.append('+fuse' if fuse else '-fuse (%s)' % reason)
     write_all(1, fsencode(' '.join(words) + '\n'))
