@@ -207,7 +207,9 @@ def test_deploy_on_a_slapos_node(node):
     assert 'Checking promise isolation' in r.output
     published = node.connection_parameters()
     assert published['runner'] == runner
-    assert published['isolation'].startswith('+userns ')  # slapuser0 is not root
+    # slapuser0 is not root; the node gives it no subordinate ids
+    assert published['isolation'].startswith(
+        '+userns -subids (no subordinate uids for slapuser0 in /etc/subuid) '), published
     assert json.loads(published['parameters']) == {
         'tmp-size': '64m', 'shm-size': '16m', 'userns': 'auto', 'strict': False}
 

@@ -911,22 +911,43 @@ def subordinate_id_map(own, ranges):
 
 def map_subordinate_ids(pid, ids):
     """Have newuidmap and newgidmap write the maps of pid's user namespace
-    (they are setuid root: an unprivileged writer may map its own id only).
+    (they are setuid root: an unprivileged writer may map its own id only),
+    both at once, without the subprocess module (~8 ms to import).
     -> None, or what failed"""
-    import subprocess
+    env = {'PATH': ':'.join(_MAP_TOOL_DIRS), 'LC_ALL': 'C'}
+    started = []
     for tool, lines in zip(ids.tools, (ids.uid, ids.gid)):
         argv = [tool, str(pid)] + ['%d' % n for line in lines for n in line]
+        started.append((tool,) + _spawn(argv, env))
+    failed = None
+    for tool, child, output in started:
+        out = _read_all(output).decode('utf-8', 'replace').strip()
+        os.close(output)
+        code = raw_wait_status_code(_waitpid(child, 0)[1])
+        if code and failed is None:
+            out = out.splitlines()[-1] if out else 'exit status %d' % code
+            failed = '%s: %s' % (os.path.basename(tool), out[:200])
+    return failed
+
+
+def _spawn(argv, env):
+    """Start argv (an absolute path) with stdin /dev/null and its output to
+    a pipe. -> (pid, the pipe's read end)"""
+    r, w = make_pipe()
+    pid = os.fork()
+    if pid == 0:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, close_fds=True,
-                                    env={'PATH': ':'.join(_MAP_TOOL_DIRS), 'LC_ALL': 'C'})
-            out = proc.communicate()[0].decode('utf-8', 'replace').strip()
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(w, 1)
+            os.dup2(w, 2)
+            os.execve(argv[0], argv, env)
         except OSError as e:
-            return '%s: %s' % (tool, os.strerror(e.errno))
-        if proc.returncode:
-            out = out.splitlines()[-1] if out else 'exit status %d' % proc.returncode
-            return '%s: %s' % (os.path.basename(tool), out[:200])
-    return None
+            write_all(w, ('%s\n' % os.strerror(e.errno)).encode('ascii', 'replace'))
+        finally:
+            os._exit(EXIT_NOT_FOUND)
+    os.close(w)
+    return pid, r
 
 
 def write_id_maps(pid, ids):
