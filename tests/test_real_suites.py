@@ -40,9 +40,11 @@ def installed():
         assert os.path.exists(path), '%s missing: .ci/setup installs the real suites' % path
 
 
-def as_caller(caller, argv, cwd, env=None, timeout=300):
+def as_caller(caller, argv, cwd, home, env=None, timeout=300):
+    """Run argv as caller, HOME a scratch folder (virtualenv's tests write
+    their app data there)."""
     prefix = AS_NOBODY if caller == 'nobody' else []
-    env = dict(env or {}, PATH=PATH, HOME='/nonexistent', LANG='C.UTF-8')
+    env = dict(env or {}, PATH=PATH, HOME=home, LANG='C.UTF-8')
     proc = subprocess.Popen(prefix + argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=timeout)
@@ -71,7 +73,7 @@ def test_pytest_and_unittest_suites_count_as_without_isolation(caller, suite_run
     os.makedirs(tmp)
     os.chmod(tmp, 0o777)
     for name, command, cwd in CASES:
-        r = as_caller(caller, command.split(), cwd, {'TMPDIR': tmp})
+        r = as_caller(caller, command.split(), cwd, scratch, {'TMPDIR': tmp})
         status = case_status(r.returncode, r.out, r.err)
         assert r.returncode == 0 and status['test_count'] > 100, r
         expected[name] = counts(status)
@@ -79,7 +81,7 @@ def test_pytest_and_unittest_suites_count_as_without_isolation(caller, suite_run
     assert os.listdir(tmp) == ['pytest-of-%s' % caller]
     host = '/tmp/pytest-of-%s' % caller
     before = os.path.exists(host) and os.stat(host).st_mtime  # other pytest runs' leftovers
-    r = as_caller(caller, [suite_runner], '/')
+    r = as_caller(caller, [suite_runner], '/', scratch)
     text = r.stdout
     for name, _, _ in CASES:
         line = case_output(text, name)[-1]
@@ -102,11 +104,11 @@ def test_pygolang_nxdtest_file_as_nxdtest_runs_it(src, scratch):
         'nxdtest = .nxdtest'))
     assert r.returncode == 0, r
     runner = os.path.join(scratch, 'bin', 'runTestSuite')
-    nxdtest = as_caller('nobody', [BIN + '/nxdtest', '-l'], PYGOLANG)
-    ours = as_caller('nobody', [runner, '-l'], PYGOLANG)
+    nxdtest = as_caller('nobody', [BIN + '/nxdtest', '-l'], PYGOLANG, scratch)
+    ours = as_caller('nobody', [runner, '-l'], PYGOLANG, scratch)
     assert ours.stdout == nxdtest.stdout == 'thread\ngevent\n', (ours, nxdtest)
-    nxdtest = as_caller('nobody', [BIN + '/nxdtest'], PYGOLANG, timeout=600)
-    ours = as_caller('nobody', [runner], PYGOLANG, timeout=600)
+    nxdtest = as_caller('nobody', [BIN + '/nxdtest'], PYGOLANG, scratch, timeout=600)
+    ours = as_caller('nobody', [runner], PYGOLANG, scratch, timeout=600)
     expected = status_lines(nxdtest.stdout)
     assert [l.split('\t')[1] for l in expected] == ['thread', 'gevent'], nxdtest
     assert status_lines(ours.stdout) == expected, (ours.stdout[-3000:], expected)
