@@ -320,3 +320,76 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_once():
     assert done, 'isolate-exec still running after 30 s: %r' % out
     assert os.WEXITSTATUS(status) == 0, out
     assert out.count(b'INT') == 1 and b'n=1' in out, out
+
+
+class MemoryCgroup(object):
+    """A memory-limited cgroup below this process's own (v1 or v2), removed
+    at the end; None where neither can be made here."""
+
+    def __init__(self, limit):
+        self.path = None
+        with open('/proc/self/cgroup') as f:
+            lines = [l.rstrip('\n').split(':', 2) for l in f]
+        v1 = [path for _, controllers, path in lines if 'memory' in controllers.split(',')]
+        if v1 and os.path.isdir('/sys/fs/cgroup/memory'):
+            base, limit_file = '/sys/fs/cgroup/memory' + v1[0], 'memory.limit_in_bytes'
+        elif os.path.exists('/sys/fs/cgroup/cgroup.controllers'):
+            base = '/sys/fs/cgroup' + [path for h, _, path in lines if h == '0'][0]
+            limit_file = 'memory.max'
+        else:
+            return
+        path = os.path.join(base, 'isolatedtest-oom-%d' % os.getpid())
+        try:
+            os.mkdir(path)
+            with open(os.path.join(path, limit_file), 'w') as f:
+                f.write(str(limit))
+        except OSError:
+            if os.path.isdir(path):
+                os.rmdir(path)
+            return
+        self.path = path
+
+    def argv(self, argv):
+        """argv, run in the cgroup"""
+        return ['sh', '-c', 'echo $$ > %s/cgroup.procs && exec "$@"' % self.path, '-'] + argv
+
+    def remove(self):
+        deadline = time.time() + 10
+        while True:  # the last exiting processes may still be in it
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_test_fills_tmp_in_a_memory_limited_cgroup(caller):
+    """The OOM killer kills the test, not isolate-exec nor its supervisor:
+    the report comes, complete. (A tmpfs's pages are resident in no process:
+    without oom_score_adj, isolate-exec, the largest, is the victim.)"""
+    cgroup = MemoryCgroup(64 << 20)
+    assert cgroup.path, 'no memory cgroup can be made here'
+    try:
+        argv = command_line(sh('head -c 200M /dev/zero > /tmp/fill'), caller)
+        proc = subprocess.Popen(cgroup.argv(argv), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        cgroup.remove()
+    assert (proc.returncode, out) == (137, b''), err
+    # (sh may say "Killed" if it forked head)
+    assert err.splitlines()[-1:] == [b'# leaked /tmp/fill'] and b'isolate-exec' not in err, err
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_the_command_is_the_oom_killers_first_choice(caller):
+    r = run(sh('cat /proc/self/oom_score_adj /proc/1/oom_score_adj; '
+               'echo -1 > /proc/self/oom_score_adj 2>/dev/null && echo lowered'), caller=caller)
+    # the command 1000, its supervisor (pid 1) 500; below the caller's 0,
+    # only CAP_SYS_RESOURCE may go (which root lacks on some machines)
+    assert r.stdout.startswith('1000\n500\n'), r
+    if caller == 'nobody':
+        assert r.stdout == '1000\n500\n', r

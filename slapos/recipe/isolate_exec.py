@@ -1284,6 +1284,66 @@ def give_terminal_to(pgrp):
         signal.signal(signal.SIGTTOU, previous)
 
 
+# The OOM killer kills the process with the highest badness (mm/oom_kill.c
+# oom_badness(): resident, swap and page-table pages, plus oom_score_adj in
+# thousandths of the memory). A test filling a private tmpfs in a
+# memory-limited cgroup charges it with pages that no process has resident:
+# the largest process is then isolate-exec or its supervisor (~10 MiB), and
+# the run would end with no report. The command and its descendants (they
+# inherit it) are made the first victims instead, then the supervisor, whose
+# death frees the private tmpfs (it holds the mount namespace) and leaves
+# isolate-exec to report what it was sent. An unprivileged process may raise
+# its own oom_score_adj, and lower it again only down to the last value a
+# privileged writer set (oom_score_adj_min, Linux 2.6.36, commit
+# a63d83f427fb; CAP_SYS_RESOURCE): a test can undo this on purpose, back to
+# its caller's, not below.
+OOM_SCORE_ADJ_COMMAND = 1000
+OOM_SCORE_ADJ_SUPERVISOR = 500
+
+
+def make_oom_victim(level):
+    """Raise our oom_score_adj to level (never lower it); best effort:
+    without it, only the report is at risk."""
+    try:
+        fd = os.open('/proc/self/oom_score_adj', os.O_RDWR | O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if int(os.read(fd, 32) or 0) < level:
+            os.write(fd, b'%d' % level)
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(fd)
+
+
+# Memory the supervisor holds while the command runs, and gives back when it
+# ended: in a cgroup that the test filled up to its limit (tmpfs pages stay
+# charged after the test is killed), the checks and the report then have
+# room to run instead of making the OOM killer take the supervisor.
+MEMORY_RESERVE = 2 << 20
+_reserve = []
+
+
+def reserve_memory(size=MEMORY_RESERVE):
+    """Map and touch size bytes of anonymous memory (charged to the cgroup
+    at once); best effort."""
+    import mmap
+    try:
+        area = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            area[offset:offset + 1] = b'\1'
+    except (EnvironmentError, ValueError):
+        return
+    _reserve.append(area)
+
+
+def release_memory():
+    """Unmap the reserve: the cgroup is uncharged at once."""
+    while _reserve:
+        _reserve.pop().close()
+
+
 def exec_command(run, env, report_fd):
     """In the command's process: exec it with default signal dispositions and
     the standard streams the caller had closed closed again. Never returns;
@@ -1294,6 +1354,7 @@ def exec_command(run, env, report_fd):
             signal.signal(signum, signal.SIG_DFL)
         for fd in run.closed_stdio:
             os.close(fd)
+        make_oom_victim(OOM_SCORE_ADJ_COMMAND)
         os.execvpe(run.command[0], run.command, env)
     except OSError as e:
         write_all(report_fd, b'X%d\n' % e.errno)
@@ -2067,6 +2128,7 @@ def supervise(run, lifeline_fd):
     lifeline = Lifeline(lifeline_fd)
     try:
         set_parent_death_signal(lifeline_fd, signal.SIGKILL if run.isolated else signal.SIGTERM)
+        make_oom_victim(OOM_SCORE_ADJ_SUPERVISOR)
         # Out of our caller's process group: signals sent to that group (a
         # terminal's Ctrl-C) reach isolate-exec, which forwards them once.
         os.setpgid(0, 0)
@@ -2083,6 +2145,8 @@ def supervise(run, lifeline_fd):
             return
         # From here on, the command may run: whatever fails is reported as
         # isolate-exec's own failure, never as a reason to run it again.
+        if run.command is not None:
+            reserve_memory()
         lifeline.send(started=True)
         if run.command is None:  # --probe
             checks.command.quit()
@@ -2119,6 +2183,7 @@ class Checks(object):
             if self.run.timeout:
                 arm_timeout(self.run.timeout, self.run.kill_timeout)
             code = raw_wait_status_code(wait_command(self.command.pid))
+            release_memory()
             disarm_timeout()
             forward_signals_to(None)
             if _timeout[0] is not None and _stopping is not None:
