@@ -1317,31 +1317,40 @@ def make_oom_victim(level):
         os.close(fd)
 
 
-# Memory the supervisor holds while the command runs, and gives back when it
-# ended: in a cgroup that the test filled up to its limit (tmpfs pages stay
-# charged after the test is killed), the checks and the report then have
-# room to run instead of making the OOM killer take the supervisor.
-MEMORY_RESERVE = 2 << 20
+# Memory the supervisor holds while the command runs, in two parts: one it
+# gives back when the command ended (for the mount check), the other once
+# the leaked processes are dead (for the walk), when nothing of the run can
+# take it any more. In a cgroup that the test filled up to its limit (tmpfs
+# pages stay charged after the test is killed, and a leaked child may go on
+# writing), the checks then have room instead of making the OOM killer take
+# the supervisor; its exit then frees its own memory for isolate-exec.
+MEMORY_RESERVE = (512 << 10, 512 << 10)
 _reserve = []
+# mmap(2) flags, the same on every architecture of _CLONE_SYSCALL (not on
+# mips, sparc, alpha or parisc); MAP_POPULATE (Linux 2.5.46) faults every
+# page in at once, several times faster than touching them one by one.
+_PROT_READ_WRITE = 0x1 | 0x2
+_MAP_PRIVATE_ANONYMOUS_POPULATE = 0x02 | 0x20 | 0x8000
 
 
-def reserve_memory(size=MEMORY_RESERVE):
-    """Map and touch size bytes of anonymous memory (charged to the cgroup
-    at once); best effort."""
-    import mmap
-    try:
-        area = mmap.mmap(-1, size)
-        for offset in range(0, size, mmap.PAGESIZE):
-            area[offset:offset + 1] = b'\1'
-    except (EnvironmentError, ValueError):
-        return
-    _reserve.append(area)
+def reserve_memory(sizes=MEMORY_RESERVE):
+    """Map and populate anonymous memory (charged to the cgroup at once);
+    best effort."""
+    mmap = c_function('mmap', _LibcLongFunction)
+    for size in sizes:
+        address = mmap(None, _ULong(size), _PROT_READ_WRITE, _MAP_PRIVATE_ANONYMOUS_POPULATE,
+                       -1, _Long(0))
+        if address == -1:
+            return
+        _reserve.append((address, size))
 
 
-def release_memory():
-    """Unmap the reserve: the cgroup is uncharged at once."""
-    while _reserve:
-        _reserve.pop().close()
+def release_memory(parts=None):
+    """Unmap parts of the reserve (default: all): the cgroup is uncharged
+    at once."""
+    for _ in range(len(_reserve) if parts is None else min(parts, len(_reserve))):
+        address, size = _reserve.pop()
+        c_function('munmap')(_ULong(address & ((1 << 64) - 1)), _ULong(size))
 
 
 def exec_command(run, env, report_fd):
@@ -2183,7 +2192,7 @@ class Checks(object):
             if self.run.timeout:
                 arm_timeout(self.run.timeout, self.run.kill_timeout)
             code = raw_wait_status_code(wait_command(self.command.pid))
-            release_memory()
+            release_memory(1)
             disarm_timeout()
             forward_signals_to(None)
             if _timeout[0] is not None and _stopping is not None:
@@ -2193,6 +2202,7 @@ class Checks(object):
 
     def check_processes(self):
         processes, killed = stop_leaked_processes(self.processes, self.run.kill_timeout)
+        release_memory()
         result = {'processes': processes[:MAX_ITEMS], 'killed': killed[:MAX_ITEMS],
                   'counts': {'leaked_processes': len(processes), 'killed_pids': len(killed)}}
         return result
