@@ -116,6 +116,7 @@ def test_rerun_keeps_unchanged_wrapper_and_regenerates_changed(installed, src):
     ('private-tmpfs =\n  1g /srv/x\n  2g /srv/x', 'private-tmpfs: path /srv/x given twice'),
     ('environment = NO_EQUAL_SIGN', "environment: invalid line 'NO_EQUAL_SIGN' (expected KEY = VALUE)"),
     ('userns = maybe', "userns: invalid value 'maybe' (auto or require or off)"),
+    ('subids = all', "subids: invalid value 'all' (auto or off)"),
     ('strict = yes', "strict: invalid value 'yes' (false or true)"),
     ('kill-timeout = -1', "kill-timeout '-1': must be a number of seconds >= 0"),
     ('leak-report = report.json', "leak-report: path 'report.json' must be absolute"),

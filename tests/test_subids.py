@@ -9,13 +9,14 @@ for the failure case, /usr/bin/newuidmap a copy without its setuid bit).
 newuidmap is setuid root and reads /etc/subuid from its caller's mount
 namespace, as isolate-exec does."""
 import os
+import re
 import subprocess
 import time
 
 import pytest
 
 from conftest import (AS_NOBODY, ISOLATE_EXEC, NOBODY_UID, PY27, PY27_MISSING, SCRATCH_ROOT,
-                      Result, need, py27_env, run)
+                      Result, buildout, buildout_section, need, py27_env, run)
 
 RANGE = 'nobody:200000:65536'
 SANDBOX = r'''
@@ -44,12 +45,15 @@ def newuidmap_installed():
         assert os.path.exists(tool), '%s missing: .ci/setup installs Debian\'s uidmap' % tool
 
 
-def run_with_subids(args, subuid=RANGE, subgid=RANGE, variant='', python='py3', timeout=60):
-    """Run isolate-exec args as nobody, where /etc/subuid and /etc/subgid hold
-    subuid and subgid. -> Result"""
+def run_with_subids(args, subuid=RANGE, subgid=RANGE, variant='', python='py3', timeout=60,
+                    tool=None):
+    """Run isolate-exec args (or the tool argv) as nobody, where /etc/subuid
+    and /etc/subgid hold subuid and subgid. -> Result"""
     newuidmap_installed()
     env = dict(os.environ, SCRATCH=SCRATCH_ROOT)
-    if python == 'py27':
+    if tool:
+        pass
+    elif python == 'py27':
         need(PY27, PY27_MISSING, 'py27')
         tool = [PY27, '-m', 'slapos.recipe.isolate_exec']
         env = py27_env(env)
@@ -181,3 +185,41 @@ def test_cpython_test_os_and_test_subprocess_pass_as_nobody():
     assert r.returncode == 2, r.stderr[-3000:]
     errors = sorted(set(l for l in r.stdout.splitlines() if l.startswith(('ERROR:', 'FAIL:'))))
     assert errors == EINVAL_ERRORS, r.stdout[-3000:]
+
+
+RECIPES = '''
+[auto]
+recipe = slapos.recipe.isolatedtest
+command-line = cat /proc/self/uid_map
+wrapper-path = ${buildout:directory}/auto
+
+[off]
+<= auto
+subids = off
+wrapper-path = ${buildout:directory}/off
+
+[suite-off]
+recipe = slapos.recipe.isolatedtest:suite
+subids = off
+test-cases =
+  uid-map cat /proc/self/uid_map
+wrapper-path = ${buildout:directory}/suite-off
+'''
+
+
+def test_recipe_option(scratch, src):
+    """subids = off in the wrapper and suite recipes (auto by default)."""
+    r = buildout(scratch, buildout_section('auto off suite-off', src, scratch) + RECIPES)
+    assert r.returncode == 0, r
+    with open(os.path.join(scratch, 'auto')) as f:
+        auto = f.read()
+    with open(os.path.join(scratch, 'off')) as f:  # a default wrapper is written as before
+        assert re.sub(r"\n *'off',", '', f.read()) == auto
+    r = run_with_subids([], tool=[os.path.join(scratch, 'auto')])
+    assert map_lines(r.stdout) == [(NOBODY_UID, NOBODY_UID, 1), (0, 0, NOBODY_UID),
+                                   (65535, 65535, 1)], r
+    r = run_with_subids([], tool=[os.path.join(scratch, 'off')])
+    assert map_lines(r.stdout) == [(NOBODY_UID, NOBODY_UID, 1)], r
+    r = run_with_subids([], tool=[os.path.join(scratch, 'suite-off')])
+    assert map_lines(r.stdout) == [(NOBODY_UID, NOBODY_UID, 1)], r
+    assert r.stdout.endswith('# ran 1 test case:  1\u00b7ok\n'), r

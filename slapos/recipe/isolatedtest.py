@@ -110,6 +110,8 @@ class BaseRecipe(object):
         slapos.cookbook's wrapper); /tmp and /dev/shm are always private, a
         line for one of them sets its size, other paths get their own tmpfs
     :param str userns: auto (default), require or off, as isolate-exec --userns
+    :param str subids: auto (default) or off, as isolate-exec --subids: map
+        the test user's subordinate ids (/etc/subuid) where the node has them
     :param bool strict: true or false (default): exit non-zero on leaks
     :param float kill-timeout: seconds between SIGTERM and SIGKILL for leaked
         processes (default 5)
@@ -128,6 +130,7 @@ class BaseRecipe(object):
         self.environment = self._environment()
         self.tmpfs = self._private_tmpfs()
         self.userns = read_choice(options, 'userns', ('auto', 'require', 'off'), 'auto')
+        self.subids = read_choice(options, 'subids', ('auto', 'off'), 'auto')
         self.strict = read_choice(options, 'strict', ('false', 'true'), 'false') == 'true'
         self.kill_timeout = self._kill_timeout()
         self.timeout = self._timeout()
@@ -172,6 +175,11 @@ class BaseRecipe(object):
     def _leak_ignore(self):
         return [checked(isolate_exec.check_ignore, p, 'leak-ignore')
                 for p in _split_lines(self.options.get('leak-ignore'))]
+
+    def _subids(self):
+        """subids, when not the default (wrappers written without it stay
+        as they were)"""
+        return (self.subids,) if self.subids != 'auto' else ()
 
     def _kill_timeout(self):
         value = self.options.get('kill-timeout', '5').strip()
@@ -276,7 +284,8 @@ class Recipe(BaseRecipe):
 
     def wrapper_arguments(self):
         return ('run_wrapper', self.command, self.environment, self.tmpfs, self.userns,
-                self.strict, self.kill_timeout, self.leak_report, self.ignore, self.timeout)
+                self.strict, self.kill_timeout, self.leak_report, self.ignore,
+                self.timeout) + self._subids()
 
 
 class Suite(BaseRecipe):
@@ -320,7 +329,8 @@ class Suite(BaseRecipe):
 
     def wrapper_arguments(self):
         return ('run_suite', self.cases or None, self.environment, self.tmpfs, self.userns,
-                self.strict, self.kill_timeout, self.nxdtest, self.timeout, self.ignore)
+                self.strict, self.kill_timeout, self.nxdtest, self.timeout,
+                self.ignore) + self._subids()
 
 
 class Eggs(object):
