@@ -379,9 +379,17 @@ def test_test_fills_tmp_in_a_memory_limited_cgroup(caller):
         out, err = proc.communicate(timeout=120)
     finally:
         cgroup.remove()
-    assert (proc.returncode, out) == (137, b''), err
-    # (sh may say "Killed" if it forked head)
-    assert err.splitlines()[-1:] == [b'# leaked /tmp/fill'] and b'isolate-exec' not in err, err
+    # isolate-exec itself is never killed (it was, every time, before);
+    # rarely, the supervisor needs memory before anything of the run can
+    # free some, and it is killed instead: isolate-exec says so (exit 125)
+    incomplete = b'isolate-exec: the supervisor died (signal 9); the leak report is incomplete'
+    if proc.returncode == 125:
+        assert err.splitlines()[-1:] == [incomplete], err
+    else:
+        assert (proc.returncode, out) == (137, b''), err
+        # (sh may say "Killed" if it forked head)
+        assert err.splitlines()[-1:] == [b'# leaked /tmp/fill'], err
+        assert b'isolate-exec' not in err, err
 
 
 @pytest.mark.parametrize('caller', CALLERS)
