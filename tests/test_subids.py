@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from conftest import (AS_NOBODY, ISOLATE_EXEC, NOBODY_UID, PY27, PY27_MISSING, SCRATCH_ROOT,
-                      Result, buildout, buildout_section, need, py27_env, run)
+from conftest import (AS_NOBODY, ISOLATE_EXEC, NOBODY_UID, SCRATCH_ROOT, Result, buildout,
+                      buildout_section, command_line, py27_env, run)
 
 RANGE = 'nobody:200000:65536'
 SANDBOX = r'''
@@ -51,16 +51,11 @@ def run_with_subids(args, subuid=RANGE, subgid=RANGE, variant='', python='py3', 
     and /etc/subgid hold subuid and subgid. -> Result"""
     newuidmap_installed()
     env = dict(os.environ, SCRATCH=SCRATCH_ROOT)
-    if tool:
-        pass
-    elif python == 'py27':
-        need(PY27, PY27_MISSING, 'py27')
-        tool = [PY27, '-m', 'slapos.recipe.isolate_exec']
+    if python == 'py27':
         env = py27_env(env)
-    else:
-        tool = [ISOLATE_EXEC]
-    argv = (['unshare', '--mount', 'sh', '-c', SANDBOX, '-', subuid, subgid, variant]
-            + AS_NOBODY + tool + list(args))
+    argv = (['unshare', '--mount', 'sh', '-c', SANDBOX, '-', subuid, subgid, variant] +
+            (AS_NOBODY + tool + list(args) if tool else
+             command_line(args, caller='nobody', python=python)))
     start = time.time()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             cwd=SCRATCH_ROOT)

@@ -788,6 +788,16 @@ def set_parent_death_signal(lifeline, signum):
         os._exit(EXIT_FAILURE)
 
 
+def write_proc_file(path, text):
+    """Write text to a /proc file in one write(2): the kernel takes an id
+    map whole, from a single write. Raises OSError."""
+    fd = os.open(path, os.O_WRONLY | O_CLOEXEC)
+    try:
+        os.write(fd, text.encode('ascii'))
+    finally:
+        os.close(fd)
+
+
 def map_caller_ids(uid, gid):
     """Map the caller's uid and gid, and only them, into the new user namespace."""
     # Since Linux 3.19 an unprivileged process may write gid_map only after
@@ -797,11 +807,7 @@ def map_caller_ids(uid, gid):
                        ('gid_map', '%d %d 1' % (gid, gid))):
         path = '/proc/self/' + name
         try:
-            fd = os.open(path, os.O_WRONLY | O_CLOEXEC)
-            try:
-                os.write(fd, line.encode('ascii'))
-            finally:
-                os.close(fd)
+            write_proc_file(path, line)
         except OSError as e:
             if name == 'setgroups' and e.errno == errno.ENOENT:
                 continue
@@ -959,11 +965,7 @@ def write_id_maps(pid, ids):
         path = '/proc/%d/%s' % (pid, name)
         text = ''.join('%d %d %d\n' % (inside, inside, n) for inside, _, n in lines)
         try:
-            fd = os.open(path, os.O_WRONLY | O_CLOEXEC)
-            try:
-                os.write(fd, text.encode('ascii'))
-            finally:
-                os.close(fd)
+            write_proc_file(path, text)
         except OSError as e:
             raise _os_error('write %s' % path, e.errno, ())
 
