@@ -147,12 +147,27 @@ def wait_for(predicate, timeout=10, what='condition'):
     raise AssertionError('timeout waiting for %s' % what)
 
 
-def pid_alive(pid):
+def _stat(pid):
+    """The fields of /proc/PID/stat after the name (state first), or None."""
     try:
         with open('/proc/%d/stat' % pid) as f:
-            return f.read().rpartition(') ')[2].split()[0] != 'Z'
+            return f.read().rpartition(') ')[2].split()
     except (IOError, OSError):
-        return False
+        return None
+
+
+def process(pid):
+    """(pid, start time): names one process even after its pid is reused
+    (pid_max is 32768 here, and a CI run starts tens of thousands)."""
+    fields = _stat(pid)
+    return pid, fields and fields[19]
+
+
+def pid_alive(pid):
+    """pid: a pid, or process(pid) to ignore a later process with the same pid."""
+    pid, started = pid if isinstance(pid, tuple) else (pid, None)
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != 'Z' and started in (None, fields[19])
 
 
 def descendants(pid):

@@ -4,6 +4,7 @@ real no-userns sandbox, under Python 3 and 2.7."""
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -11,8 +12,8 @@ import time
 import pytest
 
 from conftest import (CALLERS, ISOLATE_EXEC, NOBODY_UID, NO_USERNS_REASON, PYTHON,
-                      descendants, host_mounts, need, pid_alive, run, start, tmpfs_paths,
-                      wait_for)
+                      descendants, host_mounts, need, pid_alive, process, run, start,
+                      tmpfs_paths, wait_for)
 
 PYTHONS = ('py3', 'py27')
 
@@ -354,25 +355,28 @@ def test_double_fork_daemon_ignoring_sigterm(caller, scratch):
               '        time.sleep(1000)\n'
               '    os._exit(0)\n'
               'os.waitpid(child, 0)\n' % pidfile)
-    hostpids = []
 
-    def find_daemon():  # its pid as seen from the host
-        for pid in os.listdir('/proc'):
+    def find_daemon():  # as seen from the host: the pid it wrote is its pid in the run
+        with open(pidfile) as f:
+            own = f.read()
+        for pid in descendants(p.pid):
             try:
-                with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                    if f.read() == b'\0'.join([PYTHON.encode(), b'-c', daemon.encode(), b'']):
-                        hostpids.append(int(pid))
+                with open('/proc/%d/status' % pid) as f:
+                    if re.search(r'^NSpid:.*\s%s$' % own, f.read(), re.M):
+                        return process(pid)
             except (IOError, OSError):
                 pass
-        return hostpids
     t0 = time.time()
     p = start(['--kill-timeout', '1', '--', PYTHON, '-c', daemon], caller=caller,
               stderr=subprocess.PIPE)
-    wait_for(lambda: os.path.exists(pidfile) and find_daemon(), what='daemon')
+    hostpid = wait_for(lambda: os.path.exists(pidfile) and os.path.getsize(pidfile)
+                       and find_daemon(),
+                       what='daemon')
+    assert pid_alive(hostpid)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0
     assert time.time() - t0 >= 1  # the grace period, at least (a lower bound only)
-    assert not pid_alive(hostpids[0])
+    assert not pid_alive(hostpid)
     lines = err.decode().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith('# leaked pid=') and "'python3'" in lines[0]
