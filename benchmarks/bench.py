@@ -7,10 +7,11 @@ drift hits all alike. Prints a Markdown table (README, "Benchmarks").
     benchmarks/bench.py [--runs N] [--peers] [--venv DIR]
 
 As root (rows "as nobody" go through setpriv). The whole benchmark runs in a
-mount namespace of its own where /etc is a copy giving nobody subordinate
-ids (nobody:200000:65536 in /etc/subuid and /etc/subgid; the host is not
-changed): the nobody rows map them, as on a node that gives its test users
-subordinate ids, and one row shows the same with --subids off. --peers first installs the
+mount namespace of its own where /etc is a copy (.ci/with-subids) giving
+nobody subordinate ids (nobody:200000:65536 in /etc/subuid and /etc/subgid;
+the host is not changed): the nobody rows map them, as on a node that gives
+its test users subordinate ids, and one row shows the same with --subids
+off. --peers first installs the
 peers: Debian's bubblewrap, and nxdtest in a scratch virtualenv (its pygolang
 needs Cython<3 to build, its python-prctl Debian's libcap-dev). The recipe's
 wrapper is generated with a real buildout (.ci/setup's environment).
@@ -149,20 +150,9 @@ class Row(object):
         return t[len(t) // 10], t[-1 - len(t) // 10]
 
 
-# (re-executed by main() under unshare --mount, as root: a private /etc)
-SUBIDS_SANDBOX = r'''
-set -e
-mount --make-rprivate /
-etc=$(mktemp -d "$BENCH_SCRATCH/etc.XXXXXX")
-mount -t tmpfs bench-etc "$etc"
-cp -a /etc/. "$etc"/
-echo nobody:200000:65536 > "$etc/subuid"
-echo nobody:200000:65536 > "$etc/subgid"
-mount --bind "$etc" /etc
-umount -l "$etc"
-rmdir "$etc"
-exec "$@"
-'''
+# main() re-executes itself there: a private /etc giving nobody subordinate ids
+WITH_SUBIDS = os.path.join(CHECKOUT, '.ci', 'with-subids')
+SUBIDS = 'nobody:200000:65536'
 
 
 def main():
@@ -180,12 +170,12 @@ def main():
         parser.error('run as root (nobody rows use setpriv)')
     os.makedirs(SCRATCH, exist_ok=True)
     os.chmod(SCRATCH, 0o755)
-    if not os.environ.get('BENCH_SCRATCH'):
+    if not os.environ.get('BENCH_WITH_SUBIDS'):
         if not os.path.exists('/usr/bin/newuidmap'):
             parser.error('newuidmap missing (Debian package uidmap; .ci/setup installs it)')
-        os.execvpe('unshare', ['unshare', '--mount', 'sh', '-c', SUBIDS_SANDBOX, '-',
+        os.execvpe('unshare', ['unshare', '--mount', WITH_SUBIDS, SUBIDS, SUBIDS, '',
                                sys.executable] + sys.argv,
-                   dict(os.environ, BENCH_SCRATCH=SCRATCH))
+                   dict(os.environ, SCRATCH=SCRATCH, BENCH_WITH_SUBIDS='1'))
     if args.peers:
         setup_peers()
     python = os.path.join(args.venv, 'bin', 'python')

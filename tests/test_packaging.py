@@ -46,6 +46,7 @@ def test_sdist_can_run_its_own_tests_and_example(dist):
     with tarfile.open(os.path.join(dist, 'slapos.recipe.isolatedtest-' + VERSION + '.tar.gz')) as t:
         names = set(n.split('/', 1)[1] for n in t.getnames() if '/' in n)
     for name in ['tests/conftest.py', 'tests/test_faults.py', '.ci/setup', '.ci/run',
+                 '.ci/with-subids',
                  'benchmarks/bench.py', 'benchmarks/launcher.c', 'scripts/isolate-exec',
                  'software/test-isolation/software.cfg', 'software/test-isolation/demo',
                  'COPYING', 'CHANGES.txt', 'README.md']:
