@@ -494,7 +494,7 @@ def test_sigkill_of_isolate_exec_in_fallback_cleans_up(scratch):
     the private TMPDIR."""
     out = scratch + '/out'
     p = start(['--kill-timeout', '0.5'] +
-              sh('echo $TMPDIR > %s; touch $TMPDIR/x; (setsid sleep 1000 &); trap "" TERM; '
+              sh('trap "" TERM; touch $TMPDIR/x; (setsid sleep 1000 &); echo $TMPDIR > %s; '
                  'sleep 1000' % out), caller='nobody', sandbox=True, stderr=subprocess.DEVNULL)
     wait_for(lambda: os.path.exists(out) and os.path.getsize(out), what='the run')
     run_pids = descendants(p.pid)

@@ -592,7 +592,7 @@ def test_every_python_of_the_machine(python, uid, scratch):
 def test_timeout_stops_the_command_and_reports(caller, mode):
     start = time.time()
     r = run(['--timeout', '0.5', '--kill-timeout', '0.3'] +
-            sh('touch ${TMPDIR:-/tmp}/t; trap "" TERM; sleep 1000'),
+            sh('trap "" TERM; touch ${TMPDIR:-/tmp}/t; sleep 1000'),
             caller=caller, sandbox=mode == 'fallback')
     assert r.returncode == 124, r
     assert time.time() - start < 30

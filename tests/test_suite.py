@@ -250,8 +250,8 @@ def test_signal_cancels_the_run(signum, scratch, src):
     ready = os.path.join(scratch, 'ready')
     runner = make_suite(scratch, src, [
         ('first', 'true'),
-        ('long', "sh -c 'touch /tmp/leak %s; trap \"echo interrupted; exit 9\" INT TERM; "
-                 "while :; do sleep 0.05; done'" % ready),
+        ('long', "sh -c 'trap \"echo interrupted; exit 9\" INT TERM; touch /tmp/leak %s; "
+                 "while :; do sleep 0.05; done'" % ready),  # the trap is set before ready
         ('never', 'true')])
     proc = subprocess.Popen([runner], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     wait_for(lambda: os.path.exists(ready), what='the long case')
@@ -410,7 +410,7 @@ def test_node_quantity_runs_cases_at_once(scratch, src):
 
 def test_hung_case_is_stopped_by_the_timeout(scratch, src):
     runner = make_suite(scratch, src, [
-        ('hung', "sh -c 'touch /tmp/before; (sleep 1000 &); trap \"\" TERM; sleep 1000'"),
+        ('hung', "sh -c 'trap \"\" TERM; touch /tmp/before; (sleep 1000 &); sleep 1000'"),
         ('next', 'true')], extra='timeout = 1\nkill-timeout = 0.5')
     start = time.time()
     r = run_suite(runner, caller='nobody')
