@@ -394,18 +394,21 @@ def test_nxdtest_file_errors_are_one_line(nxdtest_runner):
 # -- cases in parallel, a per-case timeout, what --strict counts ----------------------------------
 
 def test_node_quantity_runs_cases_at_once(scratch, src):
-    cases = [('sleep%d' % i, "sh -c 'echo start %d; sleep 1; echo end %d'" % (i, i))
-             for i in range(4)]
+    """Cases 0 and 1, then 2 and 3, meet: each marks that it started and
+    waits (20 s at most) for its partner's mark, which only a partner running
+    at the same time can give (one at a time, case 0 would fail)."""
+    os.chmod(scratch, 0o777)
+    meet = ("sh -c 'echo start {i}; touch {d}/{i}; n=0; "
+            "while [ ! -e {d}/{j} ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done; "
+            "test -e {d}/{j} && echo end {i}'")
+    cases = [('meet%d' % i, meet.format(i=i, j=i ^ 1, d=scratch)) for i in range(4)]
     runner = make_suite(scratch, src, cases)
-    start = time.time()
     r = run_suite(runner, ['--node_quantity', '2'], caller='nobody')
-    elapsed = time.time() - start
     assert r.returncode == 0, r
     # each case's output whole, not interleaved
     for i in range(4):
-        assert case_output(r.stdout, 'sleep%d' % i)[2:4] == ['start %d' % i, 'end %d' % i]
+        assert case_output(r.stdout, 'meet%d' % i)[2:4] == ['start %d' % i, 'end %d' % i]
     assert r.stdout.endswith('# ran 4 test cases:  4\u00b7ok\n')
-    assert elapsed < 3.5, elapsed  # two at a time: ~2 s (one at a time: 4 s)
 
 
 def test_hung_case_is_stopped_by_the_timeout(scratch, src):
