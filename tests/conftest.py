@@ -6,6 +6,7 @@ installed (not from the checkout: CI may clone it where nobody cannot read),
 in a world-readable folder outside /tmp (anything under /tmp is invisible
 inside a run). `.ci/run` prepares all of that.
 """
+import fcntl
 import os
 import shutil
 import subprocess
@@ -67,6 +68,16 @@ def pytest_configure(config):
             'project is installed (see README, "Tests")' % ISOLATE_EXEC)
     if os.getuid() != 0:
         raise pytest.UsageError('the tests need root (they also run things as nobody)')
+    # Two sessions on one PREFIX remove each other's scratch folders (and
+    # .ci/setup reinstalls the virtualenv under a running session): the
+    # second one stops here. The lock is held until this process exits.
+    config._prefix_lock = open(PREFIX + '-lock', 'a')
+    try:
+        fcntl.flock(config._prefix_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (IOError, OSError):
+        raise pytest.UsageError(
+            'another test session or .ci/setup uses %s-*: wait for it, or give this one '
+            'its own ISOLATEDTEST_PREFIX' % PREFIX)
 
 
 class Result(object):
