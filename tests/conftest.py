@@ -9,6 +9,7 @@ inside a run). `.ci/run` prepares all of that.
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ NO_USERNS_REASON = {
 }
 
 CALLERS = ('root', 'nobody')
+MODES = ('isolated', 'fallback')  # fallback: in the real no-userns sandbox
 
 
 def pytest_configure(config):
@@ -68,6 +70,15 @@ def pytest_configure(config):
             'project is installed (see README, "Tests")' % ISOLATE_EXEC)
     if os.getuid() != 0:
         raise pytest.UsageError('the tests need root (they also run things as nobody)')
+    # The tests send SIGHUP, SIGINT and SIGTERM and expect their default
+    # disposition in what they start, however this session was started (nohup
+    # ignores SIGHUP, a background job of a non-interactive shell SIGINT): an
+    # ignored signal stays ignored through fork and exec (signal(7)), a handled
+    # one is reset to its default at exec. So an ignored one gets a handler
+    # that does nothing: this process still ignores it, its children do not.
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            signal.signal(signum, lambda signum, frame: None)
     # Two sessions on one PREFIX remove each other's scratch folders (and
     # .ci/setup reinstalls the virtualenv under a running session): the
     # second one stops here. The lock is held until this process exits.

@@ -12,10 +12,9 @@ import time
 
 import pytest
 
-from conftest import (CALLERS, ISOLATE_EXEC, NO_USERNS_REASON, PYTHON, command_line,
+from conftest import (CALLERS, ISOLATE_EXEC, MODES, NO_USERNS_REASON, PYTHON, command_line,
                       descendants, host_mounts, pid_alive, run, start, wait_for)
 
-MODES = ('isolated', 'fallback')
 
 
 def sh(script):

@@ -13,10 +13,9 @@ import time
 
 import pytest
 
-from conftest import (AS_NOBODY, CALLERS, ISOLATE_EXEC, PYTHON, command_line,
+from conftest import (AS_NOBODY, CALLERS, ISOLATE_EXEC, MODES, PYTHON, command_line,
                       descendants, host_mounts, pid_alive, run, start, tmpfs_paths, wait_for)
 
-MODES = ('isolated', 'fallback')
 CONTAINED = ['unshare', '-m', '--propagation', 'private']
 
 

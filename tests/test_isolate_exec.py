@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import (CALLERS, ISOLATE_EXEC, NOBODY_UID, NO_USERNS_REASON, PYTHON,
+from conftest import (CALLERS, ISOLATE_EXEC, MODES, NOBODY_UID, NO_USERNS_REASON, PYTHON,
                       descendants, host_mounts, need, pid_alive, process, run, start,
                       tmpfs_paths, wait_for)
 
@@ -433,6 +433,32 @@ def test_signals_are_forwarded(signum, caller, python, scratch):
     assert err.decode().splitlines() == ['# leaked /tmp/x']
 
 
+@pytest.mark.parametrize('mode', MODES)
+@pytest.mark.parametrize('caller', CALLERS)
+def test_signals_ignored_by_the_caller_stay_ignored(caller, mode, scratch):
+    """nohup isolate-exec COMMAND: a hangup neither ends isolate-exec nor
+    reaches the command, which starts with SIGHUP ignored too."""
+    ready, go = os.path.join(scratch, 'ready'), os.path.join(scratch, 'go')
+    p = start(['--', PYTHON, '-c',
+               'import os, signal, time\n'
+               'print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)\n'
+               'open(%r, "w").close()\n'
+               'deadline = time.time() + 30\n'
+               'while not os.path.exists(%r) and time.time() < deadline: time.sleep(0.02)\n'
+               % (ready, go)],
+              caller=caller, sandbox=mode == 'fallback', stdout=subprocess.PIPE,
+              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        wait_for(lambda: os.path.exists(ready), what='ready file')
+        p.send_signal(signal.SIGHUP)
+        open(go, 'w').close()
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert (p.returncode, out) == (0, b'True\n')
+
+
 @pytest.mark.parametrize('caller', CALLERS)
 def test_sigkill_of_isolate_exec_kills_the_run(caller, scratch):
     pidfile = os.path.join(scratch, 'pid')
@@ -587,7 +613,7 @@ def test_every_python_of_the_machine(python, uid, scratch):
 
 # -- --timeout, --ignore, --stdout-report --------------------------------------------------
 
-@pytest.mark.parametrize('mode', ['isolated', 'fallback'])
+@pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('caller', CALLERS)
 def test_timeout_stops_the_command_and_reports(caller, mode):
     start = time.time()
@@ -600,7 +626,7 @@ def test_timeout_stops_the_command_and_reports(caller, mode):
     assert [l for l in r.report if l.startswith('# leaked ') and l.endswith('/t')]
 
 
-@pytest.mark.parametrize('mode', ['isolated', 'fallback'])
+@pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('caller', CALLERS)
 def test_ignore_names_what_the_runner_leaves(caller, mode):
     """In fallback mode the private TMPDIR stands for /tmp in the patterns,
