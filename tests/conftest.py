@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 
@@ -204,6 +205,64 @@ def descendants(pid):
         found.append(child)
         todo.extend(children.get(child, ()))
     return found
+
+
+def own_children():
+    """This session's running children, each as process(pid)."""
+    own = os.getpid()
+    found = set()
+    for name in os.listdir('/proc'):
+        fields = name.isdigit() and _stat(int(name))
+        if fields and fields[0] != 'Z' and int(fields[1]) == own:
+            found.add((int(name), fields[19]))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+    """A test that fails half-way (a timeout, an assertion) may leave what it
+    started running: stop it (SIGTERM, then SIGKILL after 10 s) and say so
+    in a warning, so that one failure does not leave a test node busy."""
+    before = own_children()
+    yield
+    stray = sorted(own_children() - before)
+    if not stray:
+        return
+    warnings.warn('the test left running: %s (stopped)' % ', '.join(
+        '%d %r' % (pid, _cmdline(pid)) for pid, _ in stray))
+    signal_all(stray, signal.SIGTERM)
+    left, deadline = set(stray), time.time() + 10
+    while left and time.time() < deadline:
+        for child in list(left):
+            try:
+                os.waitpid(child[0], os.WNOHANG)  # a zombie until its Popen waits
+            except OSError:
+                pass
+            if not pid_alive(child):
+                left.discard(child)
+        time.sleep(0.02)
+    signal_all(left, signal.SIGKILL)
+    for pid, _ in left:
+        try:
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+
+
+def signal_all(processes, signum):
+    for pid, _ in processes:
+        try:
+            os.kill(pid, signum)
+        except OSError:  # it ended meanwhile
+            pass
+
+
+def _cmdline(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return f.read().replace(b'\0', b' ').decode('utf-8', 'replace').strip()[:200]
+    except (IOError, OSError):
+        return '?'
 
 
 def run_leftovers(names=()):
