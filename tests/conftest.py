@@ -190,7 +190,7 @@ def pid_alive(pid):
     """pid: a pid, or process(pid) to ignore a later process with the same pid."""
     pid, started = pid if isinstance(pid, tuple) else (pid, None)
     fields = _stat(pid)
-    return bool(fields) and fields[0] != 'Z' and started in (None, fields[19])
+    return bool(fields) and fields[0] not in ('Z', 'X') and started in (None, fields[19])
 
 
 def descendants(pid):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import (CALLERS, ISOLATE_EXEC, MODES, NOBODY_UID, NO_USERNS_REASON, PYTHON,
-                      descendants, host_mounts, need, pid_alive, process, run, start,
+                      descendants, host_mounts, need, pid_alive, process, run, start, _stat,
                       tmpfs_paths, wait_for)
 
 PYTHONS = ('py3', 'py27')
@@ -376,7 +376,7 @@ def test_double_fork_daemon_ignoring_sigterm(caller, scratch):
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0
     assert time.time() - t0 >= 1  # the grace period, at least (a lower bound only)
-    assert not pid_alive(hostpid)
+    assert not pid_alive(hostpid), (hostpid, _stat(hostpid[0]), err)
     lines = err.decode().splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith('# leaked pid=') and "'python3'" in lines[0]
