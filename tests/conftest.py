@@ -170,10 +170,10 @@ def wait_for(predicate, timeout=10, what='condition'):
     raise AssertionError('timeout waiting for %s' % what)
 
 
-def _stat(pid):
+def _stat(pid, path='/proc/%d/stat'):
     """The fields of /proc/PID/stat after the name (state first), or None."""
     try:
-        with open('/proc/%d/stat' % pid) as f:
+        with open(path % pid) as f:
             return f.read().rpartition(') ')[2].split()
     except (IOError, OSError):
         return None
@@ -190,7 +190,22 @@ def pid_alive(pid):
     """pid: a pid, or process(pid) to ignore a later process with the same pid."""
     pid, started = pid if isinstance(pid, tuple) else (pid, None)
     fields = _stat(pid)
-    return bool(fields) and fields[0] not in ('Z', 'X') and started in (None, fields[19])
+    if not fields or started not in (None, fields[19]):
+        return False
+    try:
+        tasks = os.listdir('/proc/%d/task' % pid)
+    except OSError:
+        return False
+    return any(_running(_stat(pid, '/proc/%%d/task/%s/stat' % tid)) for tid in tasks)
+
+
+def _running(fields):
+    """A task that can still run code: not a zombie, not dead, and not
+    exiting (PF_EXITING, 0x4 in the flags: set from the start of exit(), as
+    isolate-exec counts it; isolate-exec leaves the last of a SIGKILLed
+    process's exit to the kernel and does not wait for it). A process is alive
+    while any of its threads is (its main thread may have exited before)."""
+    return bool(fields) and fields[0] not in ('Z', 'X') and not int(fields[6]) & 0x4
 
 
 def descendants(pid):
