@@ -1745,6 +1745,16 @@ def _wait_for_exits(table, procs, deadline):
     return procs
 
 
+def _kill_all_others(signum):
+    """As pid 1 of a pid namespace: send signum to every other process in it
+    (none left: ESRCH)."""
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, signum)
+        except OSError:
+            pass
+
+
 def _signal_all(pids, signum):
     sent = []
     for pid in pids:
@@ -2194,6 +2204,7 @@ class Checks(object):
             if self.run.timeout:
                 arm_timeout(self.run.timeout, self.run.kill_timeout)
             code = raw_wait_status_code(wait_command(self.command.pid))
+            self.pause_leaked_processes()
             release_memory(1)
             disarm_timeout()
             forward_signals_to(None)
@@ -2202,7 +2213,15 @@ class Checks(object):
         result.update(status=code, duration=now() - start)
         return result
 
+    def pause_leaked_processes(self):
+        """Keep what the command left from running until the mount table is
+        read (IsolatedChecks)."""
+
+    def resume_leaked_processes(self):
+        """Let it run again, before it is judged."""
+
     def check_processes(self):
+        self.resume_leaked_processes()
         processes, killed = stop_leaked_processes(self.processes, self.run.kill_timeout)
         release_memory()
         result = {'processes': processes[:MAX_ITEMS], 'killed': killed[:MAX_ITEMS],
@@ -2230,6 +2249,23 @@ class IsolatedChecks(Checks):
         return [('read the mount table', self.check_mounts),
                 ('stop leaked processes', self.check_processes),
                 ('walk the private tmpfs', self.check_files)]
+
+    # A process the command left may go on filling a private tmpfs in a
+    # memory-limited cgroup: it would take the memory the supervisor gives
+    # back when the command ended (MEMORY_RESERVE), then be killed by the OOM
+    # killer without freeing any (tmpfs pages belong to no process), and the
+    # supervisor, needing a page to send the command's status or read the
+    # mount table, would be the next victim. It is stopped until the mount
+    # table is read: as pid 1, kill(-1) reaches every other process of the
+    # pid namespace, nested ones included (SIGSTOP from an ancestor pid
+    # namespace is always delivered, pid_namespaces(7)), in one system call.
+    # SIGCONT then resumes them all, one the test had stopped too (it gets
+    # SIGTERM next, which a stopped process would only act on after it).
+    def pause_leaked_processes(self):
+        _kill_all_others(signal.SIGSTOP)
+
+    def resume_leaked_processes(self):
+        _kill_all_others(signal.SIGCONT)
 
     def check_mounts(self):
         # Back in its own namespace right after: path lookups from there would
