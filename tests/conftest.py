@@ -338,7 +338,7 @@ def reaper():
 
 
 def tmpfs_paths():
-    from slapos.recipe.isolate_exec import PRIVATE_TMPFS
+    from slapos.recipe.isolation.mounts import PRIVATE_TMPFS
     return [path for path, _ in PRIVATE_TMPFS]
 
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from slapos.recipe.isolated_suite import (case_status, erp5_summary, pytest_summary,
-                                          status_word, unittest_summary)
+from slapos.recipe.runtestsuite.counting import (case_status, erp5_summary, pytest_summary,
+                                                 status_word, unittest_summary)
 
 PYTEST_FILE = '''
 import warnings, pytest

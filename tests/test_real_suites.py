@@ -12,7 +12,7 @@ import pytest
 from conftest import AS_NOBODY, CALLERS, PREFIX, Result, buildout, buildout_section
 from test_suite import case_output
 
-from slapos.recipe.isolated_suite import case_status
+from slapos.recipe.runtestsuite.counting import case_status
 
 SUITES = PREFIX + '-suites'
 BIN = SUITES + '/bin'

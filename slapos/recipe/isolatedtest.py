@@ -23,6 +23,7 @@ import zc.buildout
 import zc.buildout.easy_install
 
 from slapos.recipe import isolate_exec
+from slapos.recipe.isolation.mounts import TMPFS_OPTIONS
 
 DIST = 'slapos.recipe.isolatedtest'
 
@@ -157,7 +158,7 @@ class BaseRecipe(object):
                 size, path = line.split(None, 1)
             except ValueError:
                 raise self._error('private-tmpfs', 'failed to split %r into size and path' % line)
-            if not isolate_exec.TMPFS_OPTIONS['size'](size):
+            if not TMPFS_OPTIONS['size'](size):
                 raise self._error('private-tmpfs', 'invalid size %r' % size)
             if not size.strip('0kKmMgGtTpPeE%'):  # tmpfs: size=0 is no limit at all
                 raise self._error('private-tmpfs', 'size %r for %s: no limit; give a size'
