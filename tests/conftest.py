@@ -288,6 +288,16 @@ def run_leftovers(names=()):
                   if n.startswith('isolate-exec.') or n in names)
 
 
+def host_sysvipc():
+    """The host's System V IPC objects: (kind, key, id) of each."""
+    found = set()
+    for kind in ('shm', 'sem', 'msg'):
+        with open('/proc/sysvipc/' + kind) as f:
+            for line in f.read().splitlines()[1:]:
+                found.add((kind,) + tuple(line.split()[:2]))
+    return found
+
+
 def host_mounts():
     with open('/proc/self/mountinfo') as f:
         return [' '.join(l.split()[3:]) for l in f.read().splitlines()]

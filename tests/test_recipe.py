@@ -117,6 +117,7 @@ def test_rerun_keeps_unchanged_wrapper_and_regenerates_changed(installed, src):
     ('environment = NO_EQUAL_SIGN', "environment: invalid line 'NO_EQUAL_SIGN' (expected KEY = VALUE)"),
     ('userns = maybe', "userns: invalid value 'maybe' (auto or require or off)"),
     ('subids = all', "subids: invalid value 'all' (auto or off)"),
+    ('ipc = shared', "ipc: invalid value 'shared' (private or host)"),
     ('strict = yes', "strict: invalid value 'yes' (false or true)"),
     ('kill-timeout = -1', "kill-timeout '-1': must be a number of seconds >= 0"),
     ('leak-report = report.json', "leak-report: path 'report.json' must be absolute"),

@@ -218,11 +218,11 @@ def test_deploy_on_a_slapos_node(node):
     node.run(['mkdir', logs], user=USER)
     tmp_before = node.run(['ls', '-A', '/tmp']).output
     r = node.run([runner, '--log_directory', logs], user=USER, check=False)
-    assert r.returncode == 0 and '# ran 7 test cases:  7\u00b7ok' in r.output, \
+    assert r.returncode == 0 and '# ran 8 test cases:  8\u00b7ok' in r.output, \
         r.output
     assert node.run(['ls', '-A', '/tmp']).output == tmp_before
     reports = [json.load(open(os.path.join(logs, n))) for n in sorted(os.listdir(logs))]
-    assert len(reports) == 7 and all(report['isolated'] for report in reports)
+    assert len(reports) == 8 and all(report['isolated'] for report in reports)
 
     # a bad parameter fails the instance with one line naming it
     node.request({'tmp-size': '0'})

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import AS_NOBODY, CHECKOUT, PREFIX, Result, host_mounts, run_leftovers
+from conftest import AS_NOBODY, CHECKOUT, PREFIX, Result, host_mounts, host_sysvipc, run_leftovers
 
 SR = os.path.join(CHECKOUT, 'software', 'test-isolation')
 SCRATCH = PREFIX + '-demo'  # outside /tmp
@@ -73,7 +73,7 @@ def pip_cache_with_new_style_wheels():
 
 def run_demo(scratch, env=None):
     """Run the README's demo command from scratch. -> Result"""
-    mounts = host_mounts()
+    mounts, ipc = host_mounts(), host_sysvipc()
     subprocess.call(['rm', '-rf', scratch])
     proc = subprocess.Popen([os.path.join(SR, 'demo'), scratch], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
@@ -81,6 +81,7 @@ def run_demo(scratch, env=None):
     subprocess.check_call(['chmod', '-R', 'a+rX', scratch])
     assert run_leftovers(DEMO_NAMES) == []
     assert host_mounts() == mounts
+    assert host_sysvipc() == ipc  # leak-ipc's segment was the run's own
     return Result(proc, out, b'', 0)
 
 
@@ -92,8 +93,8 @@ def demo():
 def check_demo_output(text):
     assert re.findall(r'^>>> (.*)$', text, re.M) == [
         'clean', 'collide-first', 'collide-second', 'tmpfs', 'leak-files', 'leak-mount',
-        'leak-daemon']
-    assert text.endswith('# ran 7 test cases:  7\u00b7ok\n')
+        'leak-daemon', 'leak-ipc']
+    assert text.endswith('# ran 8 test cases:  8\u00b7ok\n')
     for line in ['# leaked /tmp/fixed-name.lock', '# leaked /dev/shm/faketime-segment',
                  '/tmp tmpfs', '/dev/shm tmpfs', '# leaked /tmp/leaked-file',
                  '# leaked /tmp/leaked-dir/', '# leaked /tmp/leaked-dir/inside',
@@ -101,6 +102,8 @@ def check_demo_output(text):
         assert line in text.splitlines(), line
     assert re.search(r"^# leaked mount: demo /tmp/mnt tmpfs ", text, re.M)
     assert re.search(r"^# leaked pid=\d+ 'sleep' \['sleep', '3600'\]$", text, re.M)
+    assert re.search(r"^# leaked ipc shm key=0x[0-9a-f]{8} id=0 bytes=4096 owner=\d+ nattch=0$",
+                     text, re.M)
 
 
 def test_demo_builds_and_runs_the_suite(demo):

@@ -104,6 +104,9 @@ options:
                   gets the other ids below 65536 mapped to them, so that
                   chown or setuid to another user fail with EPERM as on the
                   host; off: map the caller's uid and gid only
+  --ipc MODE      private (default): System V IPC objects and POSIX message
+                  queues of COMMAND's own (an IPC namespace, /dev/mqueue),
+                  freed at its end; host: share the host's
   --report FILE   write a JSON report of the run to FILE (a device or a pipe
                   is written in place)
   --strict        exit with status 3 when anything leaked and COMMAND
@@ -119,8 +122,8 @@ options:
                   /tmp/pytest-of-*; repeatable
   --stdout-report print the report on stdout (where nxdtest's trun printed
                   it) instead of stderr
-  --probe         print what is available (+userns -subids (...) +fuse) and exit 0 when
-                  isolation works, 1 when it does not
+  --probe         print what is available (+userns -subids (...) +ipc +fuse)
+                  and exit 0 when isolation works, 1 when it does not
   --version       print the version and exit
   -h, --help      show this help and exit
 
@@ -131,18 +134,24 @@ work, file permissions still apply), cannot unmount the private mounts, and
 disk. A root caller gets mount and pid namespaces and keeps all of root's
 powers. Mounts never propagate to the host. TMPDIR, TMP and TEMP, when set
 outside the private mounts or to a directory missing there, are set to /tmp.
-Without size=, each tmpfs may grow to half of the RAM: give sizes.
+Without size=, each tmpfs may grow to half of the RAM: give sizes. COMMAND
+has an IPC namespace of its own (--ipc): it sees neither the host's shared
+memory segments, semaphores and message queues nor other runs'.
 
 fallback: when user namespaces do not work (they are probed by doing the
 real setup), isolate-exec prints '# user namespaces not available (REASON)'
 and runs COMMAND with TMPDIR, TMP and TEMP set to a fresh private directory,
 which is reported on and removed afterwards; leaked processes are still
-reported and killed.
+reported and killed. IPC is not isolated: System V objects that COMMAND
+created (owned by the caller, absent before) are reported, not removed.
 
 report lines (stderr, after COMMAND's output):
   # leaked /tmp/file          # leaked /tmp/dir/     # found sticky /tmp/d/
   # leaked mount: SOURCE MOUNTPOINT FSTYPE OPTIONS   # gone mount: ...
   # leaked pid=N 'name' ['argv', ...]
+  # leaked ipc shm key=0x51cd3d6d id=0 bytes=4096 owner=1000 nattch=0
+  # leaked ipc sem key=... id=N nsems=N owner=N   # leaked mqueue /name
+  # leaked ipc msg key=... id=N messages=N bytes=N owner=N
 
 exit status: COMMAND's own; 128+N if it died of signal N; 126 if it cannot
 be executed; 127 if it is not found; 124 after --timeout; 2 for a usage
@@ -157,6 +166,7 @@ class Options(object):
     tmpfs_specs = ()
     userns = 'auto'
     subids = 'auto'
+    ipc = 'private'
     report = None
     strict = False
     kill_timeout = 5.0
@@ -191,7 +201,7 @@ def parse_args(argv):
                 opts.version = True
                 return opts
             setattr(opts, name[2:].replace('-', '_'), True)
-        elif name in ('--tmpfs', '--userns', '--subids', '--report', '--kill-timeout',
+        elif name in ('--tmpfs', '--userns', '--subids', '--ipc', '--report', '--kill-timeout',
                       '--timeout', '--ignore'):
             if not eq:
                 i += 1
@@ -213,6 +223,10 @@ def parse_args(argv):
                 if value not in ('auto', 'off'):
                     raise UsageError('--subids %r: must be auto or off' % value)
                 opts.subids = value
+            elif name == '--ipc':
+                if value not in ('private', 'host'):
+                    raise UsageError('--ipc %r: must be private or host' % value)
+                opts.ipc = value
             elif name == '--report':
                 opts.report = check_report_path(value)
             elif name == '--timeout':
@@ -336,6 +350,10 @@ def probe(opts):
     words = ['-%s (%s)' % (name, error) if error else '+' + name]
     if run.userns:
         words.append('+subids' if run.subids else '-subids (%s)' % run.subids_reason)
+    if not run.ipc:
+        words.append('-ipc (disabled by --ipc host)')
+    else:
+        words.append('-ipc (no %s)' % name if error else '+ipc')
     fuse, reason = fuse_available(run.userns)
     words.append('+fuse' if fuse else '-fuse (%s)' % reason)
     write_all(1, fsencode(' '.join(words) + '\n'))
@@ -443,14 +461,15 @@ def _main(argv):
 
 
 def run_wrapper(command, environment=None, tmpfs=(), userns='auto', strict=False,
-                kill_timeout=5.0, report=None, ignore=(), timeout=None, subids='auto'):
+                kill_timeout=5.0, report=None, ignore=(), timeout=None, subids='auto',
+                ipc='private'):
     """Entry point of the wrappers generated by the slapos.recipe.isolatedtest
     recipes: run command plus the wrapper's own arguments, with environment
     added, as isolate-exec would (the recipe validated every argument)."""
     opts = Options()
     opts.command = list(command) + sys.argv[1:]
     opts.userns, opts.strict, opts.kill_timeout = userns, strict, kill_timeout
-    opts.subids = subids
+    opts.subids, opts.ipc = subids, ipc
     opts.ignore, opts.timeout = tuple(ignore), timeout
     try:
         opts.tmpfs = make_tmpfs_table(tmpfs)

@@ -113,6 +113,8 @@ class BaseRecipe(object):
     :param str userns: auto (default), require or off, as isolate-exec --userns
     :param str subids: auto (default) or off, as isolate-exec --subids: map
         the test user's subordinate ids (/etc/subuid) where the node has them
+    :param str ipc: private (default) or host, as isolate-exec --ipc: System V
+        IPC and POSIX message queues of the run's own, or the host's
     :param bool strict: true or false (default): exit non-zero on leaks
     :param float kill-timeout: seconds between SIGTERM and SIGKILL for leaked
         processes (default 5)
@@ -132,6 +134,7 @@ class BaseRecipe(object):
         self.tmpfs = self._private_tmpfs()
         self.userns = read_choice(options, 'userns', ('auto', 'require', 'off'), 'auto')
         self.subids = read_choice(options, 'subids', ('auto', 'off'), 'auto')
+        self.ipc = read_choice(options, 'ipc', ('private', 'host'), 'private')
         self.strict = read_choice(options, 'strict', ('false', 'true'), 'false') == 'true'
         self.kill_timeout = self._kill_timeout()
         self.timeout = self._timeout()
@@ -177,9 +180,11 @@ class BaseRecipe(object):
         return [checked(isolate_exec.check_ignore, p, 'leak-ignore')
                 for p in _split_lines(self.options.get('leak-ignore'))]
 
-    def _subids(self):
-        """subids, when not the default (wrappers written without it stay
-        as they were)"""
+    def _optional(self):
+        """The last arguments, subids and ipc, when not their defaults
+        (wrappers written without them stay as they were)"""
+        if self.ipc != 'private':
+            return self.subids, self.ipc
         return (self.subids,) if self.subids != 'auto' else ()
 
     def _kill_timeout(self):
@@ -286,7 +291,7 @@ class Recipe(BaseRecipe):
     def wrapper_arguments(self):
         return ('run_wrapper', self.command, self.environment, self.tmpfs, self.userns,
                 self.strict, self.kill_timeout, self.leak_report, self.ignore,
-                self.timeout) + self._subids()
+                self.timeout) + self._optional()
 
 
 class Suite(BaseRecipe):
@@ -331,7 +336,7 @@ class Suite(BaseRecipe):
     def wrapper_arguments(self):
         return ('run_suite', self.cases or None, self.environment, self.tmpfs, self.userns,
                 self.strict, self.kill_timeout, self.nxdtest, self.timeout,
-                self.ignore) + self._subids()
+                self.ignore) + self._optional()
 
 
 class Eggs(object):

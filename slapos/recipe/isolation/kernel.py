@@ -23,6 +23,7 @@ except ImportError:  # Python 2
 from slapos.recipe.isolation.common import SetupError, fsencode
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 MNT_DETACH = 2

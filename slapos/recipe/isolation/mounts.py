@@ -269,6 +269,31 @@ def mount_private_proc():
     return open_directory('/proc', 'open')
 
 
+# Where POSIX message queues are seen (mq_overview(7)); systemd and docker
+# mount it, a bare system may lack it.
+MQUEUE = '/dev/mqueue'
+
+
+def mount_private_mqueue(scratch):
+    """Mount the mqueue file system of the run's IPC namespace on /dev/mqueue,
+    for the command to see its own queues only (the mount point is created
+    where the caller may: root; else the command has no /dev/mqueue, as on
+    the host). -> fd of another mount of it, on scratch and detached at
+    once: the leak check lists the queues through it, whatever the command
+    mounts on /dev/mqueue."""
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    mount('mqueue', scratch, 'mqueue', flags, None, 'mount mqueue on %s' % scratch)
+    fd = open_directory(scratch, 'open')
+    umount(scratch, MNT_DETACH, 'umount %s' % scratch)
+    if not os.path.isdir(MQUEUE):
+        try:
+            os.mkdir(MQUEUE, 0o755)
+        except OSError:
+            return fd
+    mount('mqueue', MQUEUE, 'mqueue', flags, None, 'mount mqueue on %s' % MQUEUE)
+    return fd
+
+
 def look_up_working_directory(run):
     """A working directory inside a private mount still is the host's directory
     under it: look it up again, or relative paths would write to the host.

@@ -18,6 +18,7 @@ import stat
 from slapos.recipe.isolation.common import (
     MAX_LINE_BYTES, MAX_LINES, PROG, PY2, __version__, fsdecode, fsencode, native, warn, write_all)
 from slapos.recipe.isolation.kernel import O_CLOEXEC, O_NOFOLLOW, open_directory
+from slapos.recipe.isolation.ipc import describe_ipc
 from slapos.recipe.isolation.mountinfo import unescape_mount
 
 # Bytes that never need escaping in a text report line.
@@ -115,6 +116,10 @@ def format_report(result):
                     lambda m: b'# leaked mount: ' + escape_name(m, backslash=False))
     lines += _lines('gone mounts', result.get('gone_mounts', []), counts.get('gone_mounts', 0),
                     lambda m: b'# gone mount: ' + escape_name(m, backslash=False))
+    lines += _lines('leaked ipc objects', result.get('ipc', []), counts.get('leaked_ipc', 0),
+                    lambda item: fsencode('# leaked ipc ' + describe_ipc(item)))
+    lines += _lines('leaked mqueues', result.get('mqueues', []), counts.get('leaked_mqueues', 0),
+                    lambda name: b'# leaked mqueue ' + escape_name(name))
     return b''.join(_cut(line) + b'\n' for line in lines)
 
 
@@ -131,7 +136,8 @@ def _cut(line):
 def has_leaks(result):
     counts = result.get('counts', {})
     return any(counts.get(key) for key in ('leaked_files', 'leaked_processes', 'leaked_mounts',
-                                           'gone_mounts', 'left_files'))
+                                           'gone_mounts', 'left_files', 'leaked_ipc',
+                                           'leaked_mqueues'))
 
 
 def decode_names(names):
@@ -154,7 +160,8 @@ def json_report(run, result, isolated, reason, code):
     """-> the JSON report, as bytes."""
     import json
     counts = dict(leaked_files=0, sticky_dirs=0, unreadable_dirs=0, left_files=0,
-                  leaked_mounts=0, gone_mounts=0, leaked_processes=0, killed_pids=0, ignored=0)
+                  leaked_mounts=0, gone_mounts=0, leaked_processes=0, killed_pids=0, ignored=0,
+                  leaked_ipc=0, leaked_mqueues=0)
     counts.update(result.get('counts', {}))
     report = {
         'version': __version__,
@@ -176,6 +183,8 @@ def json_report(run, result, isolated, reason, code):
         'leaked_processes': [{'pid': pid, 'name': fsdecode(name), 'argv': [fsdecode(a) for a in argv]}
                              for pid, name, argv in result.get('processes', ())],
         'killed_pids': list(result.get('killed', ())),
+        'leaked_ipc': [dict(item) for item in result.get('ipc', ())],
+        'leaked_mqueues': [fsdecode(name) for name in result.get('mqueues', ())],
         'timed_out': (result.get('timed_out') or (None,))[0],
         'ignore': list(run.ignore),
         'counts': counts,

@@ -35,16 +35,17 @@ from slapos.recipe.isolation.command import (
     OOM_SCORE_ADJ_SUPERVISOR, FallbackCommand, IsolatedCommand, make_oom_victim,
     terminal_foreground)
 from slapos.recipe.isolation.files import FileReport, PrivateDir, Walk
+from slapos.recipe.isolation.ipc import ipc_result, list_mqueues, new_sysvipc, read_sysvipc
 from slapos.recipe.isolation.ids import (
     SubordinateIds, map_caller_ids, map_subordinate_ids, wait_for_id_maps)
 from slapos.recipe.isolation.kernel import (
-    CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, clone_into_namespaces,
+    CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, clone_into_namespaces,
     enter_mount_namespace, make_pipe, map_populated, open_directory, open_directory_entry, prctl,
     raw_wait_status_code, read_proc_file, set_child_subreaper, unmap, wait_command, waitpid)
 from slapos.recipe.isolation.mountinfo import diff_mounts
 from slapos.recipe.isolation.mounts import (
     bind_minimal_user_database, look_up_working_directory, make_mounts_private,
-    mount_private_proc, mount_private_tmpfs, private_env)
+    mount_private_mqueue, mount_private_proc, mount_private_tmpfs, private_env)
 from slapos.recipe.isolation.processes import ProcessTable, kill_all_others, stop_leaked_processes
 from slapos.recipe.isolation.signals import (
     arm_timeout, disarm_timeout, forward_signals_to, pending_signal, stop_when_orphaned,
@@ -62,6 +63,7 @@ class Run(object):
         self.ignore = opts.ignore
         self.uid, self.gid = os.getuid(), os.getgid()
         self.userns = self.uid != 0
+        self.ipc = opts.ipc == 'private'  # an IPC namespace of its own (isolated)
         # the caller's subordinate ids to map, if any (non-root callers)
         self.subids = self.subids_reason = self.map_fd = None
         if self.userns:
@@ -247,6 +249,21 @@ class Checks(object):
     def resume_leaked_processes(self):
         """Let it run again, before it is judged."""
 
+    # The run's IPC namespace (mqueue_fd), or the host's, whose objects that
+    # were there before the command (ipc_before) are not the run's.
+    mqueue_fd = None
+    ipc_before = None
+
+    def check_ipc(self):
+        """What the command left in the IPC namespace, listed before any
+        process is killed (nattch still counts them)."""
+        os.fchdir(self.processes.proc_fd)
+        objects = read_sysvipc()
+        if self.ipc_before is not None:
+            objects = new_sysvipc(self.ipc_before, objects, self.run.uid)
+        mqueues = list_mqueues(self.mqueue_fd) if self.mqueue_fd is not None else []
+        return ipc_result(objects, mqueues)
+
     def check_processes(self):
         self.resume_leaked_processes()
         processes, killed = stop_leaked_processes(self.processes, self.run.kill_timeout)
@@ -258,14 +275,17 @@ class Checks(object):
 
 class IsolatedChecks(Checks):
 
-    def __init__(self, run, roots, proc_fd):
-        self.run, self.roots = run, roots
+    def __init__(self, run, roots, proc_fd, mqueue_fd):
+        self.run, self.roots, self.mqueue_fd = run, roots, mqueue_fd
         self.processes = ProcessTable(proc_fd, isolated=True)
         self.proc_fd = proc_fd
         # (the command has not run yet: /proc is still the one mounted above,
         # and the working directory must stay the command's)
         self.own_mount_ns = open_directory_entry('/proc/self/ns/mnt', 'the mount namespace')
         self.command = IsolatedCommand(run, private_env(run.env, run.tmpfs), proc_fd)
+        if not run.ipc:  # the host's IPC namespace (--ipc host): what is there before
+            os.fchdir(proc_fd)  # (IsolatedCommand left us there too)
+            self.ipc_before = read_sysvipc()
 
     def after_command(self):
         """Diff the command's mount table first (reading it asks no FUSE
@@ -274,6 +294,7 @@ class IsolatedChecks(Checks):
         supervisor's own mounts: mounts the command left are not in its way
         (a live FUSE daemon could hang the walk)."""
         return [('read the mount table', self.check_mounts),
+                ('list IPC objects', self.check_ipc),
                 ('stop leaked processes', self.check_processes),
                 ('walk the private tmpfs', self.check_files)]
 
@@ -323,12 +344,13 @@ def set_up_isolation(run):
     elif run.userns:
         map_caller_ids(run.uid, run.gid)
     make_mounts_private()
+    mqueue_fd = mount_private_mqueue(run.tmpfs[0].path) if run.ipc else None
     if run.userns:
         bind_minimal_user_database(run.uid, run.gid, run.tmpfs[0].path)
     roots = [mount_private_tmpfs(entry) for entry in run.tmpfs]
     proc_fd = mount_private_proc()
     look_up_working_directory(run)
-    return IsolatedChecks(run, roots, proc_fd)
+    return IsolatedChecks(run, roots, proc_fd, mqueue_fd)
 
 
 class FallbackChecks(Checks):
@@ -336,11 +358,13 @@ class FallbackChecks(Checks):
     def __init__(self, run, private):
         self.run, self.private = run, private
         self.processes = ProcessTable(open_directory('/proc', 'open'), isolated=False)
+        self.ipc_before = read_sysvipc('/proc/')  # no IPC namespace: the host's objects
         env = dict(run.env, TMPDIR=private.path, TMP=private.path, TEMP=private.path)
         self.command = FallbackCommand(run, env)
 
     def after_command(self):
-        return [('stop leaked processes', self.check_processes),
+        return [('list IPC objects', self.check_ipc),
+                ('stop leaked processes', self.check_processes),
                 ('clean up %s' % self.private.path, self.check_files)]
 
     def check_files(self):
@@ -377,7 +401,8 @@ def run_supervised(run):
     lifeline_r, lifeline_w = make_pipe()
     map_w = None
     if run.isolated:
-        flags = CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if run.userns else 0)
+        flags = (CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if run.userns else 0) |
+                 (CLONE_NEWIPC if run.ipc else 0))
         if run.userns and run.subids:
             run.map_fd, map_w = make_pipe()
         try:

@@ -80,7 +80,7 @@ class Suite(object):
     once (--node_quantity: isolation is what makes it safe, no shared /tmp)."""
 
     def __init__(self, cases, environment, tmpfs, userns, strict, kill_timeout,
-                 timeout=None, ignore=(), subids='auto'):
+                 timeout=None, ignore=(), subids='auto', ipc='private'):
         self.cases = dict((case.name, case) for case in cases)
         self.names = [case.name for case in cases]
         self.environment = environment
@@ -98,6 +98,8 @@ class Suite(object):
                               '--stdout-report']
         if subids != 'auto':
             self.isolate_exec += ['--subids', subids]
+        if ipc != 'private':
+            self.isolate_exec += ['--ipc', ipc]
         if timeout:
             self.isolate_exec += ['--timeout', repr(timeout)]
         for pattern in ignore:
