@@ -47,9 +47,10 @@ except ImportError:  # Python 2
 from slapos.recipe.isolation.common import (
     EXIT_FAILURE, EXIT_LEAKED, EXIT_TIMEOUT, EXIT_USAGE, PROG, SetupError, UsageError, __version__,
     fsencode, warn, write_all)
-from slapos.recipe.isolation.kernel import O_CLOEXEC, occupy_closed_stdio
+from slapos.recipe.isolation.kernel import O_CLOEXEC, occupy_closed_stdio, set_cloexec
 from slapos.recipe.isolation.mounts import create_mount_points, make_tmpfs_table
-from slapos.recipe.isolation.report import ReportFile, format_report, has_leaks, json_report
+from slapos.recipe.isolation.report import (
+    ReportFd, ReportFile, format_report, has_leaks, json_report)
 from slapos.recipe.isolation.signals import install_signal_forwarding
 from slapos.recipe.isolation.supervisor import Run, reap_supervisors, run_supervised
 from slapos.recipe.isolation.command import give_terminal_to
@@ -109,6 +110,8 @@ options:
                   freed at its end; host: share the host's
   --report FILE   write a JSON report of the run to FILE (a device or a pipe
                   is written in place)
+  --report-fd N   write the JSON report to file descriptor N (>= 3, open
+                  and inherited; COMMAND does not get it)
   --strict        exit with status 3 when anything leaked and COMMAND
                   succeeded (a failing COMMAND keeps its own status)
   --kill-timeout SECONDS
@@ -168,6 +171,7 @@ class Options(object):
     subids = 'auto'
     ipc = 'private'
     report = None
+    report_fd = None
     strict = False
     kill_timeout = 5.0
     timeout = None
@@ -201,8 +205,8 @@ def parse_args(argv):
                 opts.version = True
                 return opts
             setattr(opts, name[2:].replace('-', '_'), True)
-        elif name in ('--tmpfs', '--userns', '--subids', '--ipc', '--report', '--kill-timeout',
-                      '--timeout', '--ignore'):
+        elif name in ('--tmpfs', '--userns', '--subids', '--ipc', '--report', '--report-fd',
+                      '--kill-timeout', '--timeout', '--ignore'):
             if not eq:
                 i += 1
                 if i == len(argv):
@@ -229,6 +233,8 @@ def parse_args(argv):
                 opts.ipc = value
             elif name == '--report':
                 opts.report = check_report_path(value)
+            elif name == '--report-fd':
+                opts.report_fd = check_report_fd(value)
             elif name == '--timeout':
                 opts.timeout = check_timeout(value)
             elif name == '--ignore':
@@ -243,6 +249,8 @@ def parse_args(argv):
         raise UsageError('no command given')
     if opts.command and not opts.command[0]:
         raise UsageError('empty command name')
+    if opts.report and opts.report_fd is not None:
+        raise UsageError('--report and --report-fd: give one of them')
     opts.tmpfs = make_tmpfs_table(opts.tmpfs_specs)
     return opts
 
@@ -266,6 +274,23 @@ def check_report_path(path, what='--report'):
     elif not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError('%s %s: directory %s is not writable' % (what, path, directory))
     return path
+
+
+def check_report_fd(value, what='--report-fd'):
+    """An open file descriptor >= 3, made close-on-exec at once: nothing
+    isolate-exec starts, COMMAND least of all, may write into it."""
+    try:
+        fd = int(value)
+    except ValueError:
+        fd = -1
+    if fd < 3:
+        raise UsageError('%s %r: must be a file descriptor >= 3' % (what, value))
+    try:
+        os.fstat(fd)
+    except OSError as e:
+        raise UsageError('%s %d: %s' % (what, fd, os.strerror(e.errno)))
+    set_cloexec(fd)
+    return fd
 
 
 def check_timeout(value, what='--timeout'):
@@ -367,10 +392,13 @@ def execute(opts):
     with Undo() as undo:
         try:
             create_mount_points(run.tmpfs)
-            report_file = opts.report and ReportFile(opts.report)
+            report_file = (ReportFile(opts.report) if opts.report else
+                           opts.report_fd is not None and ReportFd(opts.report_fd))
         except SetupError as e:
             warn('%s: %s' % (PROG, e))
             return EXIT_FAILURE
+        if run.subids_refused:
+            warn('# subordinate ids not mapped (%s)' % run.subids_reason)
         install_signal_forwarding(undo)
         if run.foreground:
             undo.register(give_terminal_to, os.getpgrp())

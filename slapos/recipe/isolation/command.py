@@ -23,7 +23,8 @@ except ImportError:  # Python 2
 
 from slapos.recipe.isolation.common import (
     EXIT_CANNOT_EXEC, EXIT_FAILURE, EXIT_NOT_FOUND, PROG, SetupError, describe, warn, write_all)
-from slapos.recipe.isolation.ids import drop_to_sys_admin, map_caller_ids, write_id_maps
+from slapos.recipe.isolation.ids import (
+    drop_to_sys_admin, forbid_new_privileges, map_caller_ids, write_id_maps)
 from slapos.recipe.isolation.kernel import (
     CLONE_NEWNS, CLONE_NEWUSER, O_CLOEXEC, clone_into_namespaces, make_pipe,
     open_directory_entry, read_all, read_proc_file, wait_command, waitpid)
@@ -187,6 +188,7 @@ class IsolatedCommand(object):
                 map_caller_ids(run.uid, run.gid)
             if run.userns:
                 drop_to_sys_admin()
+                forbid_new_privileges()
             if run.foreground:
                 os.setpgid(0, 0)
                 give_terminal_to(os.getpid())

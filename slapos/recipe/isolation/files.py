@@ -167,8 +167,9 @@ class Walk(object):
         return b'/'.join([self.prefix] + self.names + [name])
 
     def run(self):
+        # opened up before entering it: the test may have made it mode 000
+        self._make_writable(self.root_fd, os.fstat(self.root_fd))
         os.fchdir(self.root_fd)
-        self._make_writable(self.root_fd, self.root)
         self.quiet = 0  # > 0 inside an ignored directory being removed
         stack = [(self._list(), (self.root.st_dev, self.root.st_ino), False)]
         while stack:

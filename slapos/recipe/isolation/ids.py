@@ -16,7 +16,8 @@ import os
 
 from slapos.recipe.isolation.common import EXIT_NOT_FOUND, write_all
 from slapos.recipe.isolation.kernel import (
-    CAP_SYS_ADMIN, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAP_AMBIENT_RAISE, make_pipe,
+    CAP_SYS_ADMIN, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, PR_CAP_AMBIENT_RAISE,
+    PR_SET_NO_NEW_PRIVS, make_pipe,
     os_error, prctl, raw_wait_status_code, read_all, set_inheritable_capabilities, waitpid,
     write_proc_file)
 
@@ -55,9 +56,11 @@ _MAP_TOOL_DIRS = ('/usr/bin', '/bin', '/usr/sbin', '/sbin')
 
 class SubordinateIds(object):
     """The uid and gid maps to write into a new user namespace with
-    newuidmap and newgidmap, or why there are none (reason)."""
+    newuidmap and newgidmap, or why there are none (reason; refused: an
+    administrator's error the run must say, not only --probe)."""
     uid = gid = tools = None
     reason = None
+    refused = False
 
     def __init__(self, uid, gid, database='/etc'):
         import pwd
@@ -69,6 +72,13 @@ class SubordinateIds(object):
         for kind, own, tool in (('uid', uid, 'newuidmap'), ('gid', gid, 'newgidmap')):
             path = os.path.join(database, 'sub' + kind)
             ranges = subordinate_ranges(path, name, uid)
+            # A range holding host id 0 (e.g. "nobody:0:65536") would map the
+            # host's root into the run: its files would be the command's.
+            if any(first == 0 for first, _ in ranges):
+                self.reason = ('the subordinate %s range of %s in %s contains host %s 0'
+                               % (kind, name or 'uid %d' % uid, path, kind))
+                self.refused = True
+                return
             lines = subordinate_id_map(own, ranges)
             if lines is None:
                 self.reason = 'no subordinate %ss for %s in %s' % (
@@ -213,3 +223,14 @@ def drop_to_sys_admin():
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what='prctl PR_CAP_AMBIENT_CLEAR_ALL')
     prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN,
           what='prctl PR_CAP_AMBIENT_RAISE CAP_SYS_ADMIN')
+
+
+def forbid_new_privileges():
+    """No set-user-ID or file capabilities for the command (PR_SET_NO_NEW_PRIVS,
+    Linux 3.5), for a non-root caller: with subordinate ids mapped, a
+    set-user-ID file the caller made, outside the run, owned by one of them
+    (its own rootless namespace can) would otherwise make the command uid 0
+    of the run's user namespace, with every capability there. Ambient
+    capabilities still pass exec (CAP_SYS_ADMIN stays); set-user-ID root
+    files mean nothing in the run anyway (the host's root is unmapped)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1, what='prctl PR_SET_NO_NEW_PRIVS')

@@ -28,7 +28,9 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 MNT_DETACH = 2
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36  # Linux 3.4
+PR_SET_NO_NEW_PRIVS = 38     # Linux 3.5
 PR_CAP_AMBIENT = 47          # Linux 4.3, commit 58319057b784
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -264,19 +266,40 @@ def make_pipe():
     """A close-on-exec pipe whose ends are not 0, 1 or 2: with the standard
     streams closed, os.pipe() would return them, and a warning written to
     fd 2 would go into the pipe."""
-    ends = []
-    for fd in os.pipe():
-        if fd <= 2:
-            import fcntl
-            new = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
-            os.close(fd)
-            fd = new
-        _set_cloexec(fd)
-        ends.append(fd)
-    return ends
+    return [_above_stdio(fd) for fd in os.pipe()]
 
 
-def _set_cloexec(fd):
+class _IntPair(_ctypes.Array):
+    _type_ = _Int
+    _length_ = 2
+
+
+_AF_UNIX = _SOCK_STREAM = 1
+
+
+def make_socketpair():
+    """A close-on-exec connected pair of Unix stream sockets, not on 0, 1 or
+    2: unlike a pipe's, neither end can be opened again through
+    /proc/PID/fd/N (ENXIO), by a process that may look there. -> [fd, fd]"""
+    pair = _IntPair()
+    if c_function('socketpair')(_AF_UNIX, _SOCK_STREAM | O_CLOEXEC, 0, pair) < 0:
+        err = _ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return [_above_stdio(fd) for fd in pair]
+
+
+def _above_stdio(fd):
+    """fd, moved to a number above 2 if it is 0, 1 or 2, close-on-exec"""
+    if fd <= 2:
+        import fcntl
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD, 3)
+        os.close(fd)
+        fd = new
+    set_cloexec(fd)
+    return fd
+
+
+def set_cloexec(fd):
     import fcntl
     flags = fcntl.fcntl(fd, fcntl.F_GETFD)
     if not flags & fcntl.FD_CLOEXEC:  # Python 3's fds already are (PEP 446)
@@ -367,16 +390,18 @@ def wait_command(pid):
 
 
 def reap_children():
-    """Reap the children that exited (as pid 1 or a subreaper, orphans too)."""
+    """Reap the children that exited (as pid 1 or a subreaper, orphans too).
+    -> True if no child is left: as pid 1 or a subreaper, no descendant is
+    (every orphan comes back to us), whatever /proc shows at some instant"""
     while True:
         try:
             pid, _ = waitpid(-1, os.WNOHANG)
         except OSError as e:
             if e.errno == errno.ECHILD:
-                return
+                return True
             raise
         if pid == 0:
-            return
+            return False
 
 
 def raw_wait_status_code(status):

@@ -36,27 +36,28 @@ class ProcessTable(object):
 
     def __init__(self, proc_fd, isolated):
         self.proc_fd, self.isolated = proc_fd, isolated
+        self.groups = ()  # fallback: the process groups wholly the run's
 
     def read(self, pid):
-        """-> (ppid, alive, name, argv bytes list) of pid, or None if it is
+        """-> (ppid, process group, alive, name) of pid, or None if it is
         gone. A zombie, or an exiting process, is not alive, unless another
         of its threads still runs (its main thread may exit before them)."""
         try:
             stat_line = read_proc_file('%d/stat' % pid)
         except (IOError, OSError):
             return None
-        # "pid (comm) state ppid ...": comm may itself contain ") ".
+        # "pid (comm) state ppid pgrp ...": comm may itself contain ") ".
         head, _, tail = stat_line.rpartition(b') ')
         name = head.partition(b' (')[2]
         fields = tail.split()
         try:
-            ppid, flags = int(fields[1]), int(fields[6])
+            ppid, pgrp, flags = int(fields[1]), int(fields[2]), int(fields[6])
         except (IndexError, ValueError):
             return None
         alive = fields[0] not in (b'Z', b'X') and not flags & PF_EXITING
         if not alive:
             alive = self._other_thread_alive(pid)
-        return ppid, alive, name, self._argv(pid) if alive else []
+        return ppid, pgrp, alive, name
 
     def _other_thread_alive(self, pid):
         try:
@@ -90,8 +91,9 @@ class ProcessTable(object):
             return data[:MAX_ARGV_BYTES].split(b'\0') + [b'...']
         return data.split(b'\0')[:-1] if data else []
 
-    def live(self):
-        """-> {pid: (name, argv)} of the run's live processes"""
+    def scan(self):
+        """-> {pid: name} of the run's live processes (in fallback, also
+        sets groups: the process groups whose every member is the run's)"""
         os.fchdir(self.proc_fd)
         me = os.getpid()
         procs = {}
@@ -111,7 +113,62 @@ class ProcessTable(object):
                 pid = todo.pop()
                 mine[pid] = procs[pid]
                 todo.extend(children.get(pid, ()))
-        return dict((pid, (info[2], info[3])) for pid, info in mine.items() if info[1])
+            # A group may hold processes that are not the run's (the test may
+            # join its caller's): only a group of the run's alone is signalled.
+            others = set(info[1] for pid, info in procs.items() if pid not in mine)
+            self.groups = set(info[1] for info in mine.values()) - others - set([os.getpgrp()])
+        return dict((pid, info[3]) for pid, info in mine.items() if info[2])
+
+    def live(self):
+        """-> {pid: (name, argv)} of the run's live processes"""
+        return dict((pid, (name, self._argv(pid))) for pid, name in self.scan().items())
+
+    def signal(self, pids, signum):
+        """Send signum to pids, the run's processes. Isolated, with one
+        kill(-1) as pid 1: to every other process of the pid namespace at
+        once, nested ones included (SIGSTOP and SIGKILL from an ancestor
+        namespace are always delivered, pid_namespaces(7)), and a fork in
+        progress is restarted once the signal is handled (kernel/fork.c
+        copy_process: ERESTARTNOINTR when a signal is pending). In fallback,
+        to each pid, and to each process group wholly the run's (a
+        group-wide signal reaches a child being forked too). -> the pids
+        it was sent to"""
+        if self.isolated:
+            kill_all_others(signum)
+            return list(pids)
+        for group in self.groups:
+            try:
+                os.kill(-group, signum)
+            except OSError:
+                pass
+        return _signal_all(pids, signum)
+
+    def freeze(self):
+        """Stop every process of the run with SIGSTOP, pass after pass until
+        a pass finds no new one: a pid hopper (fork, then the parent exits,
+        all the time) is in no two snapshots, and a process forking on each
+        signal cannot outrun it. -> live(), read once all is frozen: the
+        names and argv of what runs now, not of what it was before an exec"""
+        stopped, groups, quiet = set(), set(), 0
+        for _ in range(1000):
+            if self.isolated:  # one kill(-1) stops them all, forks in progress too
+                kill_all_others(signal.SIGSTOP)
+            new = set(self.scan()) - stopped
+            new_groups = set(self.groups) - groups
+            if new or new_groups:
+                quiet = 0
+                groups.update(new_groups)
+                stopped.update(self.signal(new, signal.SIGSTOP))
+                continue
+            # Nothing new: once more, after a moment. In fallback a hopper
+            # may have been missed (gone between listing /proc and reading
+            # it, its child not listed yet); its exit leaves a zombie, our
+            # child until reaped (not here), which names its process group.
+            quiet += 1
+            if quiet == 2:
+                break
+            time.sleep(0.001)
+        return self.live()
 
 
 # A process that exits by itself within this time after the command (a
@@ -121,45 +178,45 @@ SETTLE_TIME = 0.1
 
 
 def stop_leaked_processes(table, timeout):
-    """Report and stop what the command left running: the processes still
-    alive SETTLE_TIME after it get SIGTERM; those alive after timeout seconds
-    (with what they started meanwhile) are frozen with SIGSTOP until no new
-    one appears (a process forking on each signal cannot outrun it), then
-    killed with SIGKILL. -> (leaked [(pid, name, argv)], pids SIGKILLed)"""
-    alive = _wait_for_exits(table, table.live(), now() + SETTLE_TIME)
+    """Report and stop what the command left running. What is still there
+    SETTLE_TIME after the command is frozen (ProcessTable.freeze), read and
+    reported, then gets SIGTERM (and SIGCONT, without which a stopped
+    process would not act on it); what is still there after timeout seconds
+    (what it started meanwhile too) is frozen again and killed with SIGKILL.
+    Whether anything is left is asked of the whole run, not of pids seen
+    before: a pid hopper is never twice the same.
+    -> (leaked [(pid, name, argv)], pids SIGKILLed)"""
+    if _wait_for_none(table, now() + SETTLE_TIME):
+        return [], []
+    alive = table.freeze()
     leaked = [(pid,) + alive[pid] for pid in sorted(alive)]
     if not alive:
         return leaked, []
-    _signal_all(alive, signal.SIGTERM)
-    alive = _wait_for_exits(table, alive, now() + timeout)
-    if not alive:
+    table.signal(alive, signal.SIGTERM)
+    table.signal(alive, signal.SIGCONT)
+    if _wait_for_none(table, now() + timeout):
         return leaked, []
-    known, stopped = set(pid for pid, _, _ in leaked), set()
-    for _ in range(1000):
-        alive = table.live()
-        new = [pid for pid in alive if pid not in stopped]
-        if not new:
-            break
-        leaked.extend((pid,) + alive[pid] for pid in sorted(new) if pid not in known)
-        known.update(new)
-        stopped.update(_signal_all(new, signal.SIGSTOP))
-    killed = _signal_all(sorted(set(alive) | stopped), signal.SIGKILL)
-    _wait_for_exits(table, alive, now() + 2)  # e.g. stuck in D state: left to the kernel
+    alive = table.freeze()
+    known = set(pid for pid, _, _ in leaked)
+    leaked.extend((pid,) + alive[pid] for pid in sorted(alive) if pid not in known)
+    killed = table.signal(sorted(alive), signal.SIGKILL)
+    _wait_for_none(table, now() + 2)  # e.g. stuck in D state: left to the kernel
     return leaked, sorted(killed)
 
 
-def _wait_for_exits(table, procs, deadline):
-    """Wait until none of procs is alive, or deadline. -> those still alive"""
+def _wait_for_none(table, deadline):
+    """Wait until no process of the run is left, or deadline. -> True if none
+    is. Asked of wait(2), not of /proc: as pid 1 or a subreaper, the
+    supervisor has a child as long as the run has a process (a pid hopper's
+    is missed by a /proc listing often)."""
     delay = 0.001
-    while procs:
-        reap_children()
-        still = table.live()
-        procs = dict((pid, info) for pid, info in procs.items() if pid in still)
-        if not procs or now() >= deadline:
-            break
+    while True:
+        if reap_children():
+            return True
+        if now() >= deadline:
+            return False
         time.sleep(min(delay, max(0, deadline - now())))
         delay = min(delay * 2, 0.05)
-    return procs
 
 
 def kill_all_others(signum):

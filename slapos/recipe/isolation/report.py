@@ -197,16 +197,51 @@ def json_report(run, result, isolated, reason, code):
                                       for key, value in sorted(report.items()))).encode('ascii')
 
 
+def write_in_place(fd, data):
+    """Write data to fd (then close it): a regular file is truncated first;
+    a FIFO or a device opened without blocking is written blocking."""
+    try:
+        import fcntl
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & os.O_NONBLOCK:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+        write_all(fd, data, errors=True)
+    finally:
+        os.close(fd)
+
+
+class ReportFd(object):
+    """Where --report-fd goes: a file descriptor inherited from the caller
+    (e.g. an unlinked file of the suite runner: no path a test can reach),
+    close-on-exec from the start, so that the command never has it."""
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def write(self, data):
+        try:
+            write_in_place(self.fd, data)
+        except (IOError, OSError) as e:
+            warn('%s: write report to file descriptor %d: %s'
+                 % (PROG, self.fd, os.strerror(e.errno)))
+
+
 class ReportFile(object):
     """Where --report goes. Its directory is opened once, before the run, and
     the file is written relative to that descriptor: swapping the directory
     for a symbolic link during the run changes nothing. A regular file (or
     none) is replaced atomically by a temporary file with an unpredictable
     name, created exclusively, without following symbolic links; a device
-    or a pipe (/dev/null, /dev/stdout) is written in place. A symbolic link
-    is followed only as the kernel's fs.protected_symlinks would in a sticky
-    world-writable directory (/tmp): if it is the caller's or the directory
-    owner's."""
+    or a pipe (/dev/null, /dev/stdout) is written in place, opened without
+    blocking (a FIFO nobody reads is an error, not a hang). In a sticky
+    world-writable directory (/tmp), a symbolic link is followed, and a FIFO
+    or a device written, only as the kernel's fs.protected_symlinks and
+    fs.protected_fifos would: if it is the caller's or the directory
+    owner's (another user's FIFO there would hang the run, or be read by
+    that user)."""
 
     def __init__(self, path):
         self.path = path
@@ -230,26 +265,23 @@ class ReportFile(object):
             if e.errno != errno.ENOENT:
                 raise
             st = None
-        if st is not None and stat.S_ISLNK(st.st_mode):
-            directory = os.fstat(self.dir_fd)
-            if (directory.st_mode & (stat.S_ISVTX | stat.S_IWOTH) == stat.S_ISVTX | stat.S_IWOTH
-                    and st.st_uid not in (os.geteuid(), directory.st_uid)):
-                raise ValueError('a symbolic link of another user in a sticky world-writable '
-                                 'directory: not followed')
-            self._write_in_place(os.open(self.name, os.O_WRONLY | O_CLOEXEC), data)
-        elif st is not None and not stat.S_ISREG(st.st_mode):
-            self._write_in_place(os.open(self.name, os.O_WRONLY | O_NOFOLLOW | O_CLOEXEC), data)
-        else:
-            self._replace(data)
-
-    @staticmethod
-    def _write_in_place(fd, data):
+        if st is None or stat.S_ISREG(st.st_mode):
+            return self._replace(data)
+        kind = ('symbolic link' if stat.S_ISLNK(st.st_mode) else
+                'FIFO' if stat.S_ISFIFO(st.st_mode) else 'device')
+        directory = os.fstat(self.dir_fd)
+        if (directory.st_mode & (stat.S_ISVTX | stat.S_IWOTH) == stat.S_ISVTX | stat.S_IWOTH
+                and st.st_uid not in (os.geteuid(), directory.st_uid)):
+            raise ValueError('a %s of another user in a sticky world-writable directory: '
+                             'not %s' % (kind, 'followed' if kind == 'symbolic link' else 'written'))
+        follow = 0 if kind == 'symbolic link' else O_NOFOLLOW
         try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.ftruncate(fd, 0)
-            write_all(fd, data, errors=True)
-        finally:
-            os.close(fd)
+            fd = os.open(self.name, os.O_WRONLY | os.O_NONBLOCK | follow | O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                raise ValueError('a FIFO that nobody reads')
+            raise
+        write_in_place(fd, data)
 
     def _replace(self, data):
         while True:

@@ -10,13 +10,15 @@ command), --timeout, and stopping the command (SIGTERM, SIGKILL after the
 kill timeout).
 
 The only module with process-wide state (the signal handlers' own); others
-read it through the functions below. Imports only the standard library.
+read it through the functions below. Imports common.
 """
 import os
 try:
     import _signal as signal  # Python 3: `import signal` pulls in enum (~3 ms)
 except ImportError:  # Python 2
     import signal
+
+from slapos.recipe.isolation.common import now
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _forward_to = None      # pid the forwarded signals go to
@@ -50,12 +52,38 @@ def stop_command(kill_timeout, sent=None):
     _stopping = [kill_timeout, list(sent or ())]
     signal.signal(signal.SIGALRM, _on_alarm)
     if not sent:
-        _on_alarm(signal.SIGALRM, None)
+        _next_step()
     else:
-        signal.setitimer(signal.ITIMER_REAL, max(kill_timeout, 0.001))
+        _arm(kill_timeout)
+
+
+# When the timer is due (now()'s clock). A SIGALRM may come from anyone who
+# may signal us (the test may signal pid 1, the supervisor): one that comes
+# before the deadline only re-arms the timer for what is left.
+_alarm_at = None
+
+
+def _arm(seconds):
+    global _alarm_at
+    seconds = max(seconds, 0.001)
+    _alarm_at = now() + seconds
+    signal.setitimer(signal.ITIMER_REAL, seconds)
 
 
 def _on_alarm(signum, frame):
+    """SIGALRM: the next step of --timeout and stop_command(), once due."""
+    global _alarm_at
+    if _alarm_at is None:  # not armed: not ours
+        return
+    left = _alarm_at - now()
+    if left > 0.0005:
+        signal.setitimer(signal.ITIMER_REAL, left)
+        return
+    _alarm_at = None
+    _next_step()
+
+
+def _next_step():
     """--timeout's timer: the next step of stop_command()."""
     if _stopping is None:  # the timeout itself
         return stop_command(_timeout[1])
@@ -68,10 +96,16 @@ def _on_alarm(signum, frame):
         except OSError:
             pass
     if signum == signal.SIGTERM:
-        signal.setitimer(signal.ITIMER_REAL, max(kill_timeout, 0.001))
+        _arm(kill_timeout)
 
 
 _timeout = (None, None)  # (seconds, kill timeout) of --timeout
+
+
+def ignore_stray_alarms():
+    """The supervisor's SIGALRM handler from its start: a SIGALRM the test
+    sends before there is any timer must not kill it (the default action)."""
+    signal.signal(signal.SIGALRM, _on_alarm)
 
 
 def arm_timeout(seconds, kill_timeout):
@@ -79,10 +113,12 @@ def arm_timeout(seconds, kill_timeout):
     global _timeout
     _timeout = (seconds, kill_timeout)
     signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    _arm(seconds)
 
 
 def disarm_timeout():
+    global _alarm_at
+    _alarm_at = None
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 

@@ -39,8 +39,9 @@ from slapos.recipe.isolation.ipc import ipc_result, list_mqueues, new_sysvipc, r
 from slapos.recipe.isolation.ids import (
     SubordinateIds, map_caller_ids, map_subordinate_ids, wait_for_id_maps)
 from slapos.recipe.isolation.kernel import (
-    CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, PR_SET_PDEATHSIG, clone_into_namespaces,
-    enter_mount_namespace, make_pipe, map_populated, open_directory, open_directory_entry, prctl,
+    CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, PR_SET_DUMPABLE, PR_SET_PDEATHSIG,
+    clone_into_namespaces, enter_mount_namespace, make_pipe, make_socketpair, map_populated,
+    open_directory, open_directory_entry, prctl,
     raw_wait_status_code, read_proc_file, set_child_subreaper, unmap, wait_command, waitpid)
 from slapos.recipe.isolation.mountinfo import diff_mounts
 from slapos.recipe.isolation.mounts import (
@@ -48,8 +49,8 @@ from slapos.recipe.isolation.mounts import (
     mount_private_mqueue, mount_private_proc, mount_private_tmpfs, private_env)
 from slapos.recipe.isolation.processes import ProcessTable, kill_all_others, stop_leaked_processes
 from slapos.recipe.isolation.signals import (
-    arm_timeout, disarm_timeout, forward_signals_to, pending_signal, stop_when_orphaned,
-    timed_out)
+    arm_timeout, disarm_timeout, forward_signals_to, ignore_stray_alarms, pending_signal,
+    stop_when_orphaned, timed_out)
 
 
 class Run(object):
@@ -66,12 +67,14 @@ class Run(object):
         self.ipc = opts.ipc == 'private'  # an IPC namespace of its own (isolated)
         # the caller's subordinate ids to map, if any (non-root callers)
         self.subids = self.subids_reason = self.map_fd = None
+        self.subids_refused = False  # ranges the run must not map (SubordinateIds)
         if self.userns:
             if opts.subids == 'off':
                 self.subids_reason = 'disabled by --subids off'
             else:
                 ids = SubordinateIds(self.uid, self.gid)
                 self.subids, self.subids_reason = (ids, None) if ids.uid else (None, ids.reason)
+                self.subids_refused = ids.refused
         self.isolated = True
         self.parent = os.getpid()
         self.closed_stdio = list(closed_stdio)
@@ -81,42 +84,70 @@ class Run(object):
             self.cwd = None
         self.foreground = terminal_foreground()
         self.env = dict(os.environ)
+        self.secret = os.urandom(SECRET_BYTES)  # starts each record (Lifeline)
 
 # -- the records ---------------------------------------------------------------------
 
 
-class Lifeline(object):
-    """The supervisor's side of the pipe to isolate-exec: b'+' (alive, set
-    up to die with it), then records, each 'LENGTH\\n' + marshal(dict). The
-    records are sent as soon as known: if the supervisor dies later (OOM
-    killer, a bug), isolate-exec still has the command's status and what was
-    checked."""
+# The lifeline is a Unix socket pair, not a pipe: a pipe's write end can be
+# opened again through /proc/1/fd/N by a test with the supervisor's uid (a
+# root test did, and wrote records of its own). Each record starts with a
+# secret drawn by isolate-exec before the supervisor exists, which the
+# command never has (it exists only in the memory exec replaces): bytes
+# that do not are refused before they are unmarshalled. A root test can
+# still read the supervisor's memory or take its descriptor (pidfd_getfd):
+# see the security model.
+SECRET_BYTES = 16
 
-    def __init__(self, fd):
-        self.fd = fd
+
+class Lifeline(object):
+    """The supervisor's side of the socket to isolate-exec: b'+' (alive,
+    set up to die with it), then records, each SECRET + 'LENGTH\\n' +
+    marshal(dict). The records are sent as soon as known: if the supervisor
+    dies later (OOM killer, a bug), isolate-exec still has the command's
+    status and what was checked."""
+
+    def __init__(self, fd, secret):
+        self.fd, self.secret = fd, secret
 
     def send(self, **record):
         data = marshal.dumps(record)
-        write_all(self.fd, b'%d\n' % len(data) + data)
+        write_all(self.fd, self.secret + b'%d\n' % len(data) + data)
 
 
-def _read_records(fd):
-    """The supervisor's b'+' (it is alive), then its records, until EOF."""
+class ForgedRecord(Exception):
+    """Bytes on the lifeline that are not the supervisor's record."""
+
+
+def _read_records(fd, secret):
+    """The supervisor's b'+' (it is alive), then its records, until EOF.
+    Raises ForgedRecord at bytes without the secret."""
     data = bytearray()
-    eof = False
+    eof = alive = False
+    start = len(secret)
     while True:
         while True:
-            if data[:1] == b'+':
+            if not alive and data[:1] == b'+':  # the first byte only: the secret may hold one
                 del data[:1]
-            header, newline, _ = bytes(data[:24]).partition(b'\n')
+                alive = True
+            if len(data) < start:
+                break
+            if bytes(data[:start]) != secret:
+                raise ForgedRecord()
+            header, newline, _ = bytes(data[start:start + 24]).partition(b'\n')
             if not newline:
+                if len(data) >= start + 24:
+                    raise ForgedRecord()
                 break
-            length = int(header)
-            if len(data) < len(header) + 1 + length:
+            try:
+                length = int(header)
+            except ValueError:
+                raise ForgedRecord()
+            body = start + len(header) + 1
+            if len(data) < body + length:
                 break
-            start = len(header) + 1
-            record = marshal.loads(bytes(data[start:start + length]))
-            del data[:start + length]
+            record = marshal.loads(bytes(data[body:body + length]))
+            del data[:body + length]
             yield record
         if eof:
             return
@@ -175,8 +206,9 @@ def release_memory(parts=None):
 def supervise(run, lifeline_fd):
     """Body of the supervisor: set up the isolation (or the fallback), run the
     command, check for leaks, streaming what it finds. Never returns."""
-    lifeline = Lifeline(lifeline_fd)
+    lifeline = Lifeline(lifeline_fd, run.secret)
     try:
+        ignore_stray_alarms()
         set_parent_death_signal(lifeline_fd, signal.SIGKILL if run.isolated else signal.SIGTERM)
         make_oom_victim(OOM_SCORE_ADJ_SUPERVISOR)
         # Out of our caller's process group: signals sent to that group (a
@@ -195,6 +227,14 @@ def supervise(run, lifeline_fd):
             return
         # From here on, the command may run: whatever fails is reported as
         # isolate-exec's own failure, never as a reason to run it again.
+        # Not dumpable from now on (its /proc/PID files become the host
+        # root's): to look into its memory or take its descriptors (ptrace,
+        # /proc/1/fd, /proc/1/mem, pidfd_getfd), a test then needs
+        # CAP_SYS_PTRACE where the supervisor's memory was made, which a
+        # non-root caller's command lacks (kernel/ptrace.c
+        # __ptrace_may_access). Not before: writing our own id maps needs
+        # our /proc/self files to be ours.
+        prctl(PR_SET_DUMPABLE, 0, what='prctl PR_SET_DUMPABLE')
         if run.command is not None:
             reserve_memory()
         lifeline.send(started=True)
@@ -398,7 +438,7 @@ def run_supervised(run):
     is not available) or 'fatal' (set-up failed otherwise) before 'started';
     then 'status', the checks' results, 'errors' (checks that failed), and
     'done' if it finished"""
-    lifeline_r, lifeline_w = make_pipe()
+    lifeline_r, lifeline_w = make_socketpair()
     map_w = None
     if run.isolated:
         flags = (CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWUSER if run.userns else 0) |
@@ -439,8 +479,9 @@ def run_supervised(run):
             return run_supervised(run)
     forward_signals_to(pid)
     result = {'errors': []}
+    forged = False
     try:
-        for record in _read_records(lifeline_r):
+        for record in _read_records(lifeline_r, run.secret):
             result['errors'].extend(record.pop('errors', ()))
             counts = record.pop('counts', None)
             if counts:
@@ -448,13 +489,22 @@ def run_supervised(run):
             result.update(record)
             if 'done' in record:
                 break
+    except ForgedRecord:
+        # Nothing it says can be trusted any more: it is stopped (isolated:
+        # SIGKILL takes the whole run; fallback: SIGTERM, it cleans up).
+        forged = True
+        result['errors'].append("read the supervisor's records: bytes that are not its own "
+                                "(written into its socket by a test?)")
+        os.kill(pid, signal.SIGKILL if run.isolated else signal.SIGTERM)
     finally:
         os.close(lifeline_r)
         forward_signals_to(None)
     if 'done' not in result and not ('error' in result or 'fatal' in result):
         status = raw_wait_status_code(waitpid(pid, 0)[1])
         why = 'signal %d' % (status - 128) if status > 128 else 'exit status %d' % status
-        if 'started' in result:
+        if forged:
+            pass
+        elif 'started' in result:
             result['errors'].append('the supervisor died (%s)' % why)
         else:
             result['fatal'] = 'the supervisor died while setting up (%s)' % why

@@ -20,7 +20,6 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import tempfile
 import time
 
 from slapos.recipe import isolate_exec
+from slapos.recipe.isolation.kernel import PR_SET_PDEATHSIG, prctl
 from slapos.recipe.runtestsuite.counting import case_status, status_word
 from slapos.recipe.runtestsuite.output import _buffer, emit
 
@@ -37,29 +37,85 @@ MASTER_POLL_INTERVAL = float(os.environ.get('RUNTESTSUITE_MASTER_POLL_INTERVAL',
 SIGNAL_NAMES = {signal.SIGINT: 'SIGINT', signal.SIGTERM: 'SIGTERM'}
 
 
-class Running(object):
-    """A case being run through isolate-exec, its output kept."""
+# A case's output is spooled to a file, whatever its size; what is kept of
+# it to count its tests and for the master is at most this many bytes per
+# stream: its beginning and, mostly, its end (where the summaries are).
+KEPT_OUTPUT = 8 << 20
+KEPT_HEAD = 1 << 20
 
-    def __init__(self, case, line, argv, env, report, live):
-        self.case, self.line, self.report, self.live = case, line, report, live
+
+class Running(object):
+    """A case being run through isolate-exec. Its output goes to unlinked
+    files (the runner's memory does not grow with it) and its JSON report
+    comes through an inherited descriptor of another unlinked file: no path
+    a case could reach (replace with a directory or a FIFO), nothing left in
+    TMPDIR if the runner is killed."""
+
+    def __init__(self, case, line, isolate_exec, env, live):
+        self.case, self.line, self.live = case, line, live
         self.start = time.time()
-        self.out, self.err = [], []
-        self.proc = subprocess.Popen(argv, env=env, cwd=case.cwd or None, stdin=DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     preexec_fn=os.setpgrp, close_fds=True)
-        self.open = {self.proc.stdout.fileno(): (self.out, _buffer(sys.stdout)),
-                     self.proc.stderr.fileno(): (self.err, _buffer(sys.stderr))}
+        self.report = tempfile.TemporaryFile()
+        self.spools = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+        argv = isolate_exec + ['--report-fd', str(self.report.fileno()), '--'] + case.argv
+        try:
+            self.proc = spawn(argv, self.report.fileno(), env=env, cwd=case.cwd or None,
+                              stdin=DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except BaseException:
+            self.close()
+            raise
+        self.open = {self.proc.stdout.fileno(): (self.spools[0], _buffer(sys.stdout)),
+                     self.proc.stderr.fileno(): (self.spools[1], _buffer(sys.stderr))}
 
     def read(self, fd):
         data = os.read(fd, 65536)
-        kept, stream = self.open[fd]
+        spool, stream = self.open[fd]
         if not data:
             del self.open[fd]
             return
-        kept.append(data)
+        spool.write(data)
         if self.live:
             stream.write(data)
             stream.flush()
+
+    def output(self):
+        """-> (stdout, stderr) as kept: whole up to KEPT_OUTPUT bytes each,
+        else their first KEPT_HEAD bytes, a line saying how much was left
+        out, and their end"""
+        kept = []
+        for spool in self.spools:
+            size = spool.tell()
+            spool.seek(0)
+            if size <= KEPT_OUTPUT:
+                kept.append(spool.read())
+                continue
+            head = spool.read(KEPT_HEAD)
+            tail_size = KEPT_OUTPUT - KEPT_HEAD
+            spool.seek(size - tail_size)
+            kept.append(head + b'\n[... %d bytes of output left out by runTestSuite ...]\n'
+                        % (size - KEPT_HEAD - tail_size) + spool.read(tail_size))
+        return kept
+
+    def replay(self):
+        """Print the whole output, from the spools (a case not shown live)."""
+        for spool, stream in zip(self.spools, (sys.stdout, sys.stderr)):
+            spool.seek(0)
+            out = _buffer(stream)
+            while True:
+                chunk = spool.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+            out.flush()
+
+    def read_report(self):
+        """-> the JSON report isolate-exec wrote (text), or None"""
+        self.report.seek(0)
+        text = self.report.read()
+        return text.decode('utf-8') if text else None
+
+    def close(self):
+        for f in [self.report] + self.spools:
+            f.close()
 
     def signal(self, signum):
         if self.proc.poll() is None:
@@ -73,6 +129,41 @@ try:
     DEVNULL = subprocess.DEVNULL
 except AttributeError:  # Python 2
     DEVNULL = open(os.devnull, 'rb')
+
+
+def spawn(argv, keep_fd, **kw):
+    """Popen argv with keep_fd, and no other descriptor of ours but the
+    standard streams, in a process group of its own, to be killed
+    (SIGKILL) when the runner dies: the ERP5 test node SIGKILLs it on
+    cancellation and timeouts, and the master then hands the case out again:
+    an orphaned run would go on beside its reissue. isolate-exec killed
+    takes its run with it."""
+    parent = os.getpid()
+
+    def prepare():
+        os.setpgrp()
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the runner died before prctl
+            os._exit(1)
+    if sys.version_info[0] >= 3:
+        return subprocess.Popen(argv, pass_fds=(keep_fd,), close_fds=True, preexec_fn=prepare,
+                                **kw)
+    # Python 2 has neither pass_fds nor a way to keep one descriptor
+    # (close_fds closes all before preexec_fn): every other one is made
+    # close-on-exec, keep_fd inheritable, for this Popen only.
+    for name in os.listdir('/proc/self/fd'):
+        fd = int(name)
+        if fd > 2:
+            try:
+                flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+                cloexec = flags | fcntl.FD_CLOEXEC if fd != keep_fd else flags & ~fcntl.FD_CLOEXEC
+                fcntl.fcntl(fd, fcntl.F_SETFD, cloexec)
+            except (IOError, OSError):  # the listing's own descriptor
+                pass
+    try:
+        return subprocess.Popen(argv, close_fds=False, preexec_fn=prepare, **kw)
+    finally:
+        fcntl.fcntl(keep_fd, fcntl.F_SETFD, fcntl.fcntl(keep_fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
 
 
 class Suite(object):
@@ -124,17 +215,15 @@ class Suite(object):
         emit(u'\n>>> %s' % case.name)
         emit(u'$ %s' % case.command())
 
-    def start_case(self, case, line, report_dir, live):
+    def start_case(self, case, line, live):
         if live:  # one at a time: its output as it comes
             self.print_header(case)
         env = dict(case.env if case.env is not None else os.environ)
         env.update(self.environment)
         env.update(case.envadj)
         env['PYTHONUNBUFFERED'] = 'y'  # see output as it comes
-        report = os.path.join(report_dir, '%d.json' % len(self.results + self.running))
-        argv = self.isolate_exec + ['--report', report, '--'] + case.argv
         try:
-            running = Running(case, line, argv, env, report, live)
+            running = Running(case, line, self.isolate_exec, env, live)
         except OSError as e:  # e.g. its cwd does not exist
             running = None
             self.finish_failed_start(case, line, live, e)
@@ -157,17 +246,18 @@ class Suite(object):
         running.proc.wait()
         end = time.time()
         case = running.case
-        out, err = b''.join(running.out), b''.join(running.err)
-        if not running.live:
-            self.print_header(case)
-            for stream, data in ((sys.stdout, out), (sys.stderr, err)):
-                _buffer(stream).write(data)
-                _buffer(stream).flush()
+        try:
+            if not running.live:
+                self.print_header(case)
+                running.replay()
+            out, err = running.output()
+            report = self.keep_report(running.read_report(), case.name, log_directory)
+        finally:
+            running.close()
         status = case_status(running.proc.returncode, out, err, case.summaryf)
         problem = status.pop('summary_error', None)
         if problem:
             err += problem.encode('utf-8', 'replace')
-        report = self.read_report(running.report, case.name, log_directory)
         if report.get('timed_out'):
             status['error_count'] = status['error_count'] or 1
         if self.strict and report.get('leaked'):
@@ -185,12 +275,9 @@ class Suite(object):
         line.stop(**status)
 
     @staticmethod
-    def read_report(path, name, log_directory):
-        try:
-            with open(path) as f:
-                text = f.read()
-            os.unlink(path)
-        except (IOError, OSError):
+    def keep_report(text, name, log_directory):
+        """A case's JSON report: kept in log_directory if given. -> the report"""
+        if not text:  # isolate-exec could not write it (a usage error...)
             return {}
         if log_directory:
             try:
@@ -207,7 +294,6 @@ class Suite(object):
         for EOF of a case that exited (a leaked process could hold its
         pipes), and asks the master every MASTER_POLL_INTERVAL whether the
         run was cancelled."""
-        report_dir = tempfile.mkdtemp(prefix='runTestSuite.')
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -231,7 +317,7 @@ class Suite(object):
                         line.stop(test_count=1, error_count=1, failure_count=0, skip_count=0,
                                   command='', stdout=b'', stderr=b'unknown test case')
                     else:
-                        self.start_case(self.cases[line.name], line, report_dir, live)
+                        self.start_case(self.cases[line.name], line, live)
                 if not self.running:
                     break
                 fds = [fd for running in self.running for fd in running.open]
@@ -262,11 +348,11 @@ class Suite(object):
         finally:
             for running in self.running:
                 running.signal(signal.SIGKILL)
+                running.close()
             signal.set_wakeup_fd(previous_wakeup)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(wake_r)
             os.close(wake_w)
-            shutil.rmtree(report_dir, ignore_errors=True)
 
     def summary(self):
         """nxdtest's line: '# ran 7 test cases:  5·ok  1·fail  1·error' (the
