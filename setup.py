@@ -2,7 +2,7 @@
 import io
 from setuptools import setup, find_packages
 
-version = '0.2'
+version = '0.3'
 
 
 def read(name):
@@ -45,6 +45,7 @@ setup(
             'default = slapos.recipe.isolatedtest:Recipe',
             'suite = slapos.recipe.isolatedtest:Suite',
             'eggs = slapos.recipe.isolatedtest:Eggs',
+            'checkout = slapos.recipe.isolatedtest:Checkout',
             'parameters = slapos.recipe.isolatedtest_slap:Parameters',
             'probe = slapos.recipe.isolatedtest_slap:Probe',
             'publish = slapos.recipe.isolatedtest_slap:Publish',

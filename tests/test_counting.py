@@ -8,8 +8,12 @@ import sys
 
 import pytest
 
+from conftest import PREFIX, need
+
 from slapos.recipe.runtestsuite.counting import (case_status, erp5_summary, pytest_summary,
                                                  status_word, unittest_summary)
+
+SUITES_PYTHON = PREFIX + '-suites/bin/python'
 
 PYTEST_FILE = '''
 import warnings, pytest
@@ -59,6 +63,34 @@ def test_pytest_every_outcome(scratch):
     assert summary == {'test_count': 7, 'failure_count': 1, 'error_count': 1, 'skip_count': 2,
                        'expected_failures': 1, 'unexpected_successes': 1}, out[-300:]
     assert status_word(case_status(code, out, err)) == 'error'
+
+
+@pytest.mark.parametrize('options', [['-q'], ['-qq'], ['-q', '--tb=no'], ['-rN', '-q'],
+                                     ['-qqq'], ['-v', '-n', '2']])
+def test_pytest_quiet_and_xdist_count_the_same(options, scratch):
+    """-q drops the '=' of the last line, -qq the line itself (its progress
+    line is counted), xdist prints [gw0] lines: the counts are the same."""
+    python = sys.executable
+    if '-n' in options:  # pytest-xdist: in the real suites' virtualenv (.ci/setup)
+        python = SUITES_PYTHON
+        need(os.access(python, os.X_OK), 'no %s (.ci/setup makes it)' % python, 'suites')
+    with open(os.path.join(scratch, 'test_x.py'), 'w') as f:
+        f.write(PYTEST_FILE)
+    code, out, err = run([python, '-m', 'pytest', '-p', 'no:cacheprovider'] + options +
+                         ['test_x.py'], scratch)
+    assert code == 1, out
+    if '-n' in options:
+        assert b'[gw0]' in out or b'[gw1]' in out, out
+    assert pytest_summary(out, err) == {
+        'test_count': 7, 'failure_count': 1, 'error_count': 1, 'skip_count': 2,
+        'expected_failures': 1, 'unexpected_successes': 1}, out[-500:]
+    assert status_word(case_status(code, out, err)) == 'error'
+
+
+def test_pytest_old_last_line():
+    """pytest < 5 said 'seconds'."""
+    out = b'=========== 1 failed, 2 passed in 0.12 seconds ===========\n'
+    assert pytest_summary(out, b'')['test_count'] == 3
 
 
 def test_pytest_no_tests_ran(scratch):

@@ -34,7 +34,10 @@ MISSING = ('SlapOS node test not run: no %s (slapos.core 1.26 needs Python >= 3.
            'node commands; .ci/setup copies a pyenv 3.12 there and installs slapos.core)')
 INDEX_PORT, MASTER_PORT = 40081, 40080
 NO_INDEX = {'https_proxy': 'http://127.0.0.1:9', 'http_proxy': 'http://127.0.0.1:9',
-            'no_proxy': '127.0.0.1', 'buildout_testing_index_url': 'http://127.0.0.1:%d/' % INDEX_PORT}
+            'no_proxy': '127.0.0.1', 'buildout_testing_index_url': 'http://127.0.0.1:%d/' % INDEX_PORT,
+            # pip, which zc.buildout builds sdists with, installs their build
+            # requirements from its own index: the local one has them
+            'PIP_INDEX_URL': 'http://127.0.0.1:%d/' % INDEX_PORT}
 COMPUTER = 'COMP-TEST'
 NAME = 'test-isolation'
 USER = 'slapuser0'
@@ -230,6 +233,11 @@ def test_deploy_on_a_slapos_node(node):
     assert r.returncode != 0
     assert "Error: instance parameter tmp-size: invalid value '0'" in r.output, r.output
     assert 'Traceback' not in r.output
+    node.request({'tmp-sise': '1g'})  # misspelled
+    r = node.slap('node', 'instance', '--all', check=False)
+    assert r.returncode != 0
+    assert ('Error: instance parameter tmp-sise: unknown (the parameters are shm-size, strict, '
+            'tmp-size, userns)') in r.output, r.output
 
     # changed parameters change the runner at the next `node instance`
     before = runner_text(node)

@@ -79,9 +79,11 @@ def runner(src, scratch_root):
 def test_local_run(caller, runner):
     r = run_suite(runner, caller=caller)
     text = r.stdout
-    head = text.splitlines()[:5]
-    assert [l.split('\t')[0] for l in head] == ['date:', 'xnode:', 'uname:', 'cpu:', '# local mode']
+    head = text.splitlines()[:6]
+    assert [l.split('\t')[0] for l in head] == ['date:', 'xnode:', 'uname:', 'cpu:', 'isolation:',
+                                                 '# local mode']
     assert head[1].startswith('xnode:\t%s@' % caller)
+    assert head[4].startswith('isolation:\t%s' % ('+mountns' if caller == 'root' else '+userns'))
     assert case_output(text, 'write')[1] == "$ sh -c 'echo one > /tmp/same; echo one > /dev/shm/same'"
     # each case has its own /tmp and /dev/shm
     assert case_output(text, 'check')[2:] == ['clean', 'ok\tcheck\t' + case_output(
@@ -121,12 +123,22 @@ def test_list_and_run_filter(runner):
 def test_help_lists_the_testnode_options(runner):
     r = run_suite(runner, ['--help'])
     assert r.returncode == 0
-    # what the ERP5 test node looks for (erp5.util testnode ProcessManager)
+    # what the ERP5 test node looks for (erp5.util testnode ProcessManager):
+    # only what this runner uses; a listed --firefox_bin or --xvfb_bin makes
+    # it look for firefox and Xvfb builds, and fail without them
     advertised = re.findall(r'^  (--\w+)', r.stdout, re.M)
+    testnode = set(['--firefox_bin', '--frontend_url', '--node_quantity', '--xvfb_bin',
+                    '--project_title', '--shared_part_list', '--log_directory'])
+    assert testnode & set(advertised) == set(['--project_title', '--node_quantity',
+                                              '--log_directory'])
     assert set(advertised) >= set([
-        '--master_url', '--revision', '--test_node_title', '--test_suite', '--test_suite_title',
-        '--project_title', '--node_quantity', '--frontend_url', '--firefox_bin', '--xvfb_bin',
-        '--shared_part_list', '--log_directory'])
+        '--master_url', '--revision', '--test_node_title', '--test_suite', '--test_suite_title'])
+    assert 'exit status (local run): 0 when every case is ok, 1 when' in r.stdout
+    # what it may pass all the same is accepted
+    r = run_suite(runner, ['-k', 'check', '--firefox_bin', '/x', '--xvfb_bin', '/y',
+                           '--frontend_url', 'http://f', '--shared_part_list', '/a:/b',
+                           '--bt5_path', '/c'])
+    assert r.returncode == 0 and re.search(r'^ok\tcheck\t', r.stdout, re.M), r
     r = run_suite(runner, ['--bogus'])
     assert (r.returncode, r.stdout) == (2, 'runTestSuite: error: unrecognized arguments: --bogus\n')
 
@@ -179,6 +191,26 @@ class Master(object):
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.mark.parametrize('caller', CALLERS)
+def test_master_sees_a_run_that_was_not_isolated(caller, scratch, src):
+    """userns = off (or a node without user namespaces): each case says so
+    on the master, and the runner's header too."""
+    runner = make_suite(scratch, src, [('fixed', "sh -c 'touch $TMPDIR/fixed-name'")],
+                        extra='userns = off')
+    master = Master()
+    try:
+        r = run_suite(runner, ['--master_url', master.url, '--revision', 'r'], caller)
+    finally:
+        master.stop()
+    assert r.returncode == 0, r
+    assert '\nisolation:\t-%s (disabled by --userns off)' % (
+        'mountns' if caller == 'root' else 'userns') in r.stdout, r
+    fixed = master.stopped['fixed']
+    assert fixed['command'] == b"sh -c 'touch $TMPDIR/fixed-name' # not isolated (disabled " \
+        b"by --userns off)", fixed
+    assert fixed['stdout'].startswith(b'# not isolated (disabled by --userns off)\n'), fixed
 
 
 @pytest.mark.parametrize('caller', CALLERS)

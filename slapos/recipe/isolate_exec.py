@@ -367,9 +367,12 @@ def probe(opts):
     (reason). -> 0 if isolation works, 1 if not"""
     run = Run(opts)
     run.command = None
-    with Undo() as undo:
-        install_signal_forwarding(undo)
-        result = run_supervised(run)
+    if opts.userns == 'off':  # what a run with these options gets
+        result = {'error': 'disabled by --userns off', 'errors': []}
+    else:
+        with Undo() as undo:
+            install_signal_forwarding(undo)
+            result = run_supervised(run)
     name = 'userns' if run.userns else 'mountns'
     error = result.get('error') or result.get('fatal') or '; '.join(result['errors']) or None
     words = ['-%s (%s)' % (name, error) if error else '+' + name]

@@ -37,16 +37,25 @@ TESTNODE_OPTIONS = (
     ('--test_node_title', 'title of the test node'),
     ('--test_suite', 'name of the test suite'),
     ('--test_suite_title', 'title of the test suite'),
-    # passed when listed here; accepted for compatibility, not used
+    # passed when listed by --help (erp5.util's UnitTestRunner: '^  (--\\w+)')
     ('--project_title', 'title of the project'),
     ('--node_quantity', 'number of test cases run at once, each isolated (default 1; above 1, '
                         'the output of a case is printed whole when it ends)'),
-    ('--frontend_url', 'frontend URL (accepted, not used)'),
-    ('--firefox_bin', 'firefox binary (accepted, not used)'),
-    ('--xvfb_bin', 'Xvfb binary (accepted, not used)'),
-    ('--shared_part_list', 'shared parts (accepted, not used)'),
     ('--log_directory', 'directory where each case\'s JSON leak report is kept'),
+    # accepted, not listed: they mean nothing here, and the test node looks
+    # up what a listed one names before running anything (--firefox_bin and
+    # --xvfb_bin: firefox and Xvfb builds in its software list, or it stops)
+    ('--frontend_url', None),
+    ('--firefox_bin', None),
+    ('--xvfb_bin', None),
+    ('--shared_part_list', None),
+    ('--bt5_path', None),  # passed whatever --help says, with a bt5 repository
 )
+EXIT_STATUSES = """\
+exit status (local run): 0 when every case is ok, 1 when one is not or the
+run was cancelled, 2 for a bad command line or .nxdtest file, 5 when -k
+matches no case; with --master_url, 0 once the results are delivered.
+"""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -59,9 +68,10 @@ class ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv, prog):
     parser = ArgumentParser(
         prog=prog, description='Run the test cases of this software release, each '
-        'with its own private /tmp and /dev/shm, and report what they leaked.')
+        'with its own private /tmp and /dev/shm, and report what they leaked.',
+        epilog=EXIT_STATUSES, formatter_class=argparse.RawDescriptionHelpFormatter)
     for option, text in TESTNODE_OPTIONS:
-        parser.add_argument(option, help=text)
+        parser.add_argument(option, help=text if text else argparse.SUPPRESS)
     parser.add_argument('--timeout', metavar='SECONDS',
                         help='stop a case that runs longer (its leak report is printed, its '
                         'processes killed) and count it in error (default: the recipe\'s)')
@@ -132,6 +142,7 @@ def run_suite(cases=None, environment=None, tmpfs=(), userns='auto', strict=Fals
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, suite.on_signal)
     system_info()
+    emit(u'isolation:\t%s' % suite.probe())  # what each case gets here
     if args.master_url:
         test_result = connect_master(args, suite.names)
         if test_result is None:

@@ -10,6 +10,7 @@ The recipes only read and check options and write thin wrapper scripts: all
 behaviour lives in slapos.recipe.isolate_exec, which the wrappers call with
 literal arguments.
 """
+import glob
 import logging
 import os
 import re
@@ -89,9 +90,16 @@ def working_set(buildout, requirements):
     index; otherwise installed into the eggs directory if missing."""
     options = buildout['buildout']
     if options.get('offline') == 'true':
+        eggs = options['eggs-directory']
+        # zc.buildout >= 3 installs what it built from an sdist (through
+        # pip) as an .egg directory holding a .dist-info, not an EGG-INFO:
+        # pkg_resources finds such a distribution only when that directory
+        # itself is on the path, as zc.buildout's own installer puts it.
+        built = sorted(set(os.path.dirname(info) for info in
+                           glob.glob(os.path.join(eggs, '*.egg', '*.dist-info'))))
         return zc.buildout.easy_install.working_set(
             requirements, sys.executable,
-            [options['develop-eggs-directory'], options['eggs-directory']])
+            [options['develop-eggs-directory'], eggs] + built)
     # eggs-directory as destination (zc.buildout 3 finds its pip-made eggs there only)
     return zc.buildout.easy_install.install(
         requirements, options['eggs-directory'],
@@ -361,6 +369,84 @@ class Eggs(object):
     def install(self):
         return []
 
+    update = install
+
+
+class Checkout(object):
+    """The revision of this egg a software release is to test, as a develop
+    egg its instance uses (the runtime, the runner, the instance's recipes).
+
+    An ERP5 test node gives, in the profile it writes over the release's,
+    ``repository`` (its own clone of the repository under test) and
+    ``branch`` (and ``revision``, ``develop``, ``shared``, which change
+    nothing here): this section is then named in the test suite's
+    ``vcs_repository_list`` as its ``buildout_section_id``. The repository
+    is cloned at that branch. Without ``repository``, ``source`` (a local
+    directory, e.g. the checkout holding the profile) is copied, .git,
+    builds and caches left out.
+
+    The copy is the software's: its egg-info is made here (setup.py
+    develop) and its modules byte-compiled, as the software's user, so that
+    the instance's user, who may not write there, only reads it. The
+    develop egg link goes into the eggs directory, not the develop-eggs
+    one: the instance buildout is bootstrapped (``buildout bootstrap``,
+    which empties its develop-eggs directory) and finds its eggs in the
+    software's eggs directory; zc.buildout takes a develop egg before any
+    other distribution of the same name (easy_install's Installer).
+
+    :param str repository: git URL or path to clone (the test node's)
+    :param str branch: branch to clone (default: the repository's HEAD)
+    :param str source: local directory to copy when there is no repository
+    :param str git-executable: git (default ``git``, on PATH)
+    """
+
+    def __init__(self, buildout, name, options):
+        self.buildout, self.name, self.options = buildout, name, options
+        self.logger = logging.getLogger(name)
+        self.repository = options.get('repository', '').strip()
+        self.branch = options.get('branch', '').strip()
+        self.source = options.get('source', '').strip()
+        if not self.repository:
+            if not self.source:
+                raise option_error('source', 'missing (required without repository)')
+            if '://' in self.source:
+                raise option_error('source', '%s: not a local directory (give repository: the '
+                                   'profile was not read from a checkout)' % self.source)
+            if not os.path.isfile(os.path.join(self.source, 'setup.py')):
+                raise option_error('source', '%s: no setup.py there' % self.source)
+        self.git = options.get('git-executable', '').strip() or 'git'
+        for unused in ('revision', 'develop', 'shared'):  # the test node's: read, not used
+            options.get(unused)
+        self.location = options['location'] = os.path.join(
+            buildout['buildout']['parts-directory'], name)
+        self.eggs = buildout['buildout']['eggs-directory']
+
+    def install(self):
+        if os.path.exists(self.location):
+            shutil.rmtree(self.location)
+        if self.repository:
+            argv = [self.git, 'clone', '--quiet']
+            if self.branch:
+                argv += ['--branch', self.branch]
+            argv += [self.repository, self.location]
+            self._run(argv, 'repository', 'git clone %s' % self.repository)
+        else:
+            shutil.copytree(self.source, self.location, symlinks=True,
+                            ignore=shutil.ignore_patterns('.git', 'build', 'dist', '*.egg-info',
+                                                          '__pycache__', '*.pyc'))
+        link = zc.buildout.easy_install.develop(self.location, self.eggs)
+        self._run([sys.executable, '-m', 'compileall', '-q', os.path.join(self.location, 'slapos')],
+                  'source', 'byte-compile %s' % self.location)
+        return [self.location, link]
+
+    def _run(self, argv, option, what):
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = proc.communicate()[0].decode('utf-8', 'replace').strip()
+        if proc.returncode:
+            raise option_error(option, '%s failed (exit status %d): %s' % (
+                what, proc.returncode, out.splitlines()[-1] if out else 'no output'))
+
+    # again at each run: the test node runs the same profile for each revision
     update = install
 
 

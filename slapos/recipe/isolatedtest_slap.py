@@ -218,6 +218,13 @@ class Parameters(object):
             properties = schema['properties']
         except (IOError, OSError, ValueError, KeyError, TypeError) as e:
             raise user_error('schema: cannot read %s: %s' % (path, e))
+        # A parameter given by hand is an option of this section: any other
+        # option (but buildout's own, _...) is a misspelled parameter.
+        unknown = sorted(key for key in options.keys() if key not in properties and
+                         key not in ('recipe', 'schema') and not key.startswith('_'))
+        if unknown:
+            raise user_error('instance parameter %s: unknown (the parameters are %s)'
+                             % (unknown[0], ', '.join(sorted(properties))))
         given = dict((key, options[key]) for key in properties if key in options)
         connection = slap_connection(buildout)
         if connection is not None:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-__version__ = '0.2'
+__version__ = '0.3'
 PROG = 'isolate-exec'
 PY2 = sys.version_info[0] == 2
 

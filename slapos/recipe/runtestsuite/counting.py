@@ -20,31 +20,52 @@ from slapos.recipe.runtestsuite.output import _buffer
 # Summaries compatible with nxdtest's PyTest.summary and UnitTest.summary (a
 # .nxdtest file may name them): counts for the master's test_result_line.stop().
 
+# pytest's last line, e.g. '=== 1 failed, 2 passed, 1 xfailed, 3 warnings in 0.1s ===',
+# '=== no tests ran in 0.01s ==='; with -q the same without the '=' (and
+# with -qq there is none: the progress line is counted instead).
+PYTEST_OUTCOMES = (br'failed|passed|skipped|errors?|xfailed|xpassed|deselected|warnings?|'
+                   br'rerun|subtests? (?:passed|failed|skipped)')
 PYTEST_LAST_LINE = re.compile(
-    br'^=+ .*\b(failed|passed|skipped|errors?|xfailed|xpassed|deselected|warnings?|'
-    br'no tests ran)\b.* =+$')
+    br'^(?:=+ )?(?:(?:\d+ (?:' + PYTEST_OUTCOMES + br')(?:, |(?= in )))+|no tests ran)'
+    br' in \d+(?:\.\d+)? ?s(?:econds)?\b.*?(?: =+)?$')  # pytest < 5: '0.12 seconds'
+# a progress line: one character per test (-q, -qq), then its percentage
+PYTEST_PROGRESS = re.compile(br'^([.FEsxXR]+) *\[ *\d+%\]$')
+PYTEST_PROGRESS_KEYS = {b'.': 'passed', b'F': 'failed', b'E': 'error', b's': 'skipped',
+                        b'x': 'xfailed', b'X': 'xpassed'}
 
 
 def pytest_summary(out, err):
-    """Counts from pytest's last line, e.g. '=== 1 failed, 2 passed, 1 xfailed,
-    3 warnings in 0.1s ===' or '=== no tests ran in 0.01s ==='. xfailed
-    counts as skipped, xpassed as passed (pytest's own verdict: a strict
-    xfail that passed is reported "failed"); warnings are not tests."""
-    for line in reversed(out.splitlines()):
+    """Counts from pytest's last line, with or without its '=' ('-q'), else
+    from its progress lines ('-qq': '.FsEx    [100%]'). xfailed counts as
+    skipped, xpassed as passed (pytest's own verdict: a strict xfail that
+    passed is reported "failed"); warnings are not tests."""
+    lines = out.splitlines()
+    for line in reversed(lines):
         if PYTEST_LAST_LINE.match(line):
             break
     else:
-        return {}
+        return _pytest_progress(lines)
 
     def count(*words):
         return sum(int(m) for word in words
                    for m in re.findall(br'\b([0-9]+) ' + word + br'\b', line))
-    summary = {'failure_count': count(b'failed'), 'error_count': count(b'errors?'),
-               'skip_count': count(b'skipped', b'xfailed'),
-               'expected_failures': count(b'xfailed'), 'unexpected_successes': count(b'xpassed')}
-    summary['test_count'] = (summary['failure_count'] + summary['error_count'] +
-                             count(b'skipped', b'xfailed', b'passed', b'xpassed'))
-    return summary
+    return _pytest_counts(count(b'failed'), count(b'errors?'), count(b'skipped'),
+                          count(b'xfailed'), count(b'passed'), count(b'xpassed'))
+
+
+def _pytest_progress(lines):
+    chars = b''.join(m.group(1) for m in map(PYTEST_PROGRESS.match, lines) if m)
+    if not chars:
+        return {}
+    n = dict((key, chars.count(char)) for char, key in PYTEST_PROGRESS_KEYS.items())
+    return _pytest_counts(n['failed'], n['error'], n['skipped'], n['xfailed'], n['passed'],
+                          n['xpassed'])
+
+
+def _pytest_counts(failed, errors, skipped, xfailed, passed, xpassed):
+    return {'failure_count': failed, 'error_count': errors, 'skip_count': skipped + xfailed,
+            'expected_failures': xfailed, 'unexpected_successes': xpassed,
+            'test_count': failed + errors + skipped + xfailed + passed + xpassed}
 
 
 UNITTEST_RAN = re.compile(br'^Ran (\d+) tests? in ', re.M)

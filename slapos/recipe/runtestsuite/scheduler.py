@@ -196,6 +196,12 @@ class Suite(object):
         for pattern in ignore:
             self.isolate_exec += ['--ignore', pattern]
 
+    def probe(self):
+        """-> isolate-exec --probe's line, with the cases' options"""
+        proc = subprocess.Popen(self.isolate_exec + ['--probe'], stdin=DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        return proc.communicate()[0].decode('utf-8', 'replace').strip()
+
     def on_signal(self, signum, frame):
         """SIGINT/SIGTERM: stop the running cases (their reports are still
         printed and they are reported), skip the rest."""
@@ -262,7 +268,13 @@ class Suite(object):
             status['error_count'] = status['error_count'] or 1
         if self.strict and report.get('leaked'):
             status['error_count'] += 1
-        status.update(command=case.command(), duration=end - running.start, stdout=out,
+        command = case.command()
+        if report and not report.get('isolated'):
+            # what the master shows of the case says so, and its output starts with it
+            note = '# not isolated (%s)' % report.get('reason')
+            command += ' ' + note
+            out = note.encode('utf-8') + b'\n' + out
+        status.update(command=command, duration=end - running.start, stdout=out,
                       stderr=err, date=time.strftime('%Y/%m/%d %H:%M:%S', time.gmtime(end)))
         self.report_case(case, running.line, status)
 
