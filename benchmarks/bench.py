@@ -2,7 +2,7 @@
 """Benchmark isolate-exec: per-run overhead and leak-report cost, against the
 floor (the interpreter, unshare + mount) and the peers (bubblewrap, nxdtest's
 trun), measured in one run with the commands interleaved so that machine
-drift hits all alike. Prints a Markdown table (README, "Benchmarks").
+drift hits all alike. Prints a Markdown table (docs/benchmarks.md).
 
     benchmarks/bench.py [--runs N] [--peers] [--venv DIR]
 

@@ -2,7 +2,7 @@
 """Benchmark the suite runner (runTestSuite of slapos.recipe.isolatedtest:suite):
 throughput of --node_quantity 1 and 2 on sleep-bound and CPU-bound cases, and
 the per-case overhead against nxdtest + trun, measured side by side on the
-same .nxdtest files. Prints a Markdown table (README, "Benchmarks").
+same .nxdtest files. Prints a Markdown table (docs/benchmarks.md).
 
     benchmarks/suite_bench.py [--runs N]
 

@@ -1,7 +1,7 @@
 """The fault matrix (issue: the run survives bad tests, bad input and hard
 kills, and nothing leaks to the host): one test per row, run for real, as root
 and as nobody, isolated and in the real no-userns sandbox where it applies.
-The README's "Fault matrix" lists the rows and these tests."""
+docs/security.md's "Fault matrix" lists the rows and these tests."""
 import json
 import os
 import pty
