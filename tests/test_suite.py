@@ -479,3 +479,23 @@ def test_multiprocessing_resource_tracker_is_not_a_leak():
         r = isolate(['--strict', '--', PYTHON, '-c', 'from multiprocessing import '
                      'resource_tracker as r; r.ensure_running()'], caller='nobody')
         assert (r.returncode, r.report) == (0, []), r
+
+
+def test_a_big_output_reaches_the_master_bounded(scratch, src):
+    """A case's output is spooled to a file; the master gets its first MiB,
+    a line saying how much was left out, and its last 7 MiB (the summaries
+    are at the end)."""
+    runner = make_suite(scratch, src, [
+        ('loud', "sh -c 'echo first; head -c 20000000 /dev/zero | tr \"\\\\0\" x; echo; "
+                 "echo \"==== 1 passed in 0.01s ====\"'")])
+    master = Master()
+    try:
+        r = run_suite(runner, ['--master_url', master.url, '--revision', 'r'])
+    finally:
+        master.stop()
+    assert r.returncode == 0
+    out = master.stopped['loud']['stdout']
+    assert out.startswith(b'first\nxxx') and out.endswith(b'x\n==== 1 passed in 0.01s ====\n')
+    assert b'\n[... 11611427 bytes of output left out by runTestSuite ...]\n' in out
+    assert len(out) < 8.1 * 2 ** 20
+    assert master.stopped['loud']['test_count'] == 1
