@@ -389,6 +389,25 @@ def buildout_section(part, src, directory):
 def write(path, text):
     with open(path, 'w') as f:
         f.write(text)
+    return path
+
+
+# slapos.core 1.26's node commands need Python >= 3.12 (.ci/setup copies pyenv's)
+PYTHON312 = PREFIX + '-py312/bin/python3.12'
+
+
+@pytest.fixture(scope='session')
+def release_index():
+    """The index the release is built from, as PyPI will serve it, made by
+    make-index for the node's Python (downloads kept between runs in
+    INDEX.cache; a clean cache downloads)."""
+    need(os.access(PYTHON312, os.X_OK), 'no %s (.ci/setup copies a pyenv 3.12 there)'
+         % PYTHON312, 'slapos')
+    path = PREFIX + '-release-index'
+    subprocess.run([os.path.join(CHECKOUT, 'software', 'test-isolation', 'make-index'),
+                    '--python', PYTHON312, path], check=True, stdout=subprocess.PIPE,
+                   timeout=600)
+    return path
 
 
 def buildout(directory, config, python='py3', args=()):

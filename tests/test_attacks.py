@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import (AS_NOBODY, CALLERS, ISOLATE_EXEC, NO_USERNS, NOBODY_UID, PYTHON,
-                      buildout, buildout_section, pid_alive, process, run, wait_for)
+                      buildout, buildout_section, pid_alive, process, run, wait_for, write)
 
 # The no-userns sandbox of conftest, in a pid namespace of its own (and the
 # mount namespace its /proc needs): whatever the run leaves dies with it.
@@ -37,10 +37,7 @@ while True:
 
 @pytest.fixture
 def hopper(scratch):
-    path = os.path.join(scratch, 'hopper.py')
-    with open(path, 'w') as f:
-        f.write(HOPPER)
-    return path
+    return write(os.path.join(scratch, 'hopper.py'), HOPPER)
 
 
 def leaked_pids(report):

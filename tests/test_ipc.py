@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from conftest import (AS_NOBODY, CALLERS, ISOLATE_EXEC, PYTHON, buildout, buildout_section,
-                      host_sysvipc, run, start)
+                      host_sysvipc, run, start, write)
 
 # A payload making IPC objects through libc, as C programs and sysv_ipc do:
 # python3 IPC.py shm|sem|msg|mq|attach|fixed|many ... (prints what it made)
@@ -65,10 +65,7 @@ UID = {'root': 0, 'nobody': 65534}
 
 @pytest.fixture
 def ipc_py(scratch):
-    path = os.path.join(scratch, 'ipc.py')
-    with open(path, 'w') as f:
-        f.write(IPC_PY)
-    return path
+    return write(os.path.join(scratch, 'ipc.py'), IPC_PY)
 
 
 def host_mqueues(scratch):

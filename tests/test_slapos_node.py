@@ -20,11 +20,10 @@ import time
 
 import pytest
 
-from conftest import (CHECKOUT, NO_USERNS, PREFIX, descendants, host_mounts, need, pid_alive,
-                      wait_for)
+from conftest import (CHECKOUT, NO_USERNS, PREFIX, PYTHON312, descendants, host_mounts, need,
+                      pid_alive, wait_for)
 from slapos.recipe.isolatedtest_slap import unmarshal
 
-PYTHON312 = PREFIX + '-py312/bin/python3.12'
 NODES = {  # zc.buildout flavour -> virtualenv of slapos.core (.ci/setup)
     'zc.buildout-3.0.1': PREFIX + '-slapos-zcb3',
     'zc.buildout-current': PREFIX + '-slapos',
@@ -154,15 +153,9 @@ database_uri = %(root)s/proxy.db
 
 
 @pytest.fixture(scope='module')
-def index():
-    """The release's complete index, built from this checkout by make-index
-    (downloads kept between runs in INDEX.cache; a clean cache downloads)."""
+def index(release_index):
     need(os.access(PYTHON312, os.X_OK), MISSING % PYTHON312, 'slapos')
-    path = ROOT + '-index'
-    subprocess.run([os.path.join(CHECKOUT, 'software', 'test-isolation', 'make-index'),
-                    '--python', PYTHON312, path], check=True, stdout=subprocess.PIPE,
-                   timeout=600)
-    return path
+    return release_index
 
 
 @pytest.fixture(params=sorted(NODES))

@@ -33,9 +33,9 @@ import time
 
 import pytest
 
-from conftest import CHECKOUT, PREFIX, descendants, host_mounts, need, pid_alive, wait_for
+from conftest import (CHECKOUT, PREFIX, PYTHON312, descendants, host_mounts, need, pid_alive,
+                      wait_for)
 
-PYTHON312 = PREFIX + '-py312/bin/python3.12'
 SLAPOS = PREFIX + '-slapos-zcb3/bin/slapos'  # zc.buildout 3.0.1, setuptools 67.8 (SlapOS's)
 TESTNODE = PREFIX + '-testnode/bin/testnode'  # erp5.util 0.4.83 on Python 3.11 (.ci/setup)
 MISSING = ('ERP5 test node test not run: no %s (.ci/setup makes it where pyenv has a Python '
@@ -204,14 +204,10 @@ def stopped(state):
 
 
 @pytest.fixture(scope='module')
-def index():
+def index(release_index):
     need(os.access(PYTHON312, os.X_OK) and os.access(TESTNODE, os.X_OK),
          MISSING % TESTNODE, 'slapos')
-    path = ROOT + '-index'
-    subprocess.run([os.path.join(CHECKOUT, 'software', 'test-isolation', 'make-index'),
-                    '--python', PYTHON312, path], check=True, stdout=subprocess.PIPE,
-                   timeout=600)
-    return path
+    return release_index
 
 
 @pytest.fixture

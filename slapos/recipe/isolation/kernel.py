@@ -357,15 +357,21 @@ def read_proc_file(name):
         os.close(fd)
 
 
+def read_chunk(fd):
+    """One read(2) of up to 64 KiB, retried on EINTR (Python 2 does not
+    retry, PEP 475). -> bytes, b'' at EOF"""
+    while True:
+        try:
+            return os.read(fd, 1 << 16)
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise
+
+
 def read_all(fd):
     chunks = []
     while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except OSError as e:
-            if e.errno == errno.EINTR:
-                continue
-            raise
+        chunk = read_chunk(fd)
         if not chunk:
             return b''.join(chunks)
         chunks.append(chunk)

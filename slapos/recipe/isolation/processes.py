@@ -158,7 +158,9 @@ class ProcessTable(object):
             if new or new_groups:
                 quiet = 0
                 groups.update(new_groups)
-                stopped.update(self.signal(new, signal.SIGSTOP))
+                if not self.isolated:  # (isolated: all stopped above, before the listing)
+                    self.signal(new, signal.SIGSTOP)
+                stopped.update(new)
                 continue
             # Nothing new: once more, after a moment. In fallback a hopper
             # may have been missed (gone between listing /proc and reading

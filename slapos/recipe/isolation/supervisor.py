@@ -21,7 +21,6 @@ isolate-exec's own failure), or 'started'; then 'status' and 'duration'
 It prints nothing (isolate-exec reports); imports command, signals, the
 checks (processes, mountinfo, files), mounts, ids, kernel and common.
 """
-import errno
 import marshal
 import os
 try:
@@ -41,7 +40,7 @@ from slapos.recipe.isolation.ids import (
 from slapos.recipe.isolation.kernel import (
     CLONE_NEWIPC, CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWUSER, PR_SET_DUMPABLE, PR_SET_PDEATHSIG,
     clone_into_namespaces, enter_mount_namespace, make_pipe, make_socketpair, map_populated,
-    open_directory, open_directory_entry, prctl,
+    open_directory, open_directory_entry, prctl, read_chunk,
     raw_wait_status_code, read_proc_file, set_child_subreaper, unmap, wait_command, waitpid)
 from slapos.recipe.isolation.mountinfo import diff_mounts
 from slapos.recipe.isolation.mounts import (
@@ -151,12 +150,7 @@ def _read_records(fd, secret):
             yield record
         if eof:
             return
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except OSError as e:
-            if e.errno == errno.EINTR:
-                continue
-            raise
+        chunk = read_chunk(fd)
         if not chunk:
             eof = True
         data += chunk
@@ -277,8 +271,9 @@ class Checks(object):
             release_memory(1)
             disarm_timeout()
             forward_signals_to(None)
-            if timed_out():
-                result['timed_out'] = timed_out()
+            stopped = timed_out()
+            if stopped:
+                result['timed_out'] = stopped
         result.update(status=code, duration=now() - start)
         return result
 
@@ -502,9 +497,9 @@ def run_supervised(run):
     if 'done' not in result and not ('error' in result or 'fatal' in result):
         status = raw_wait_status_code(waitpid(pid, 0)[1])
         why = 'signal %d' % (status - 128) if status > 128 else 'exit status %d' % status
-        if forged:
-            pass
-        elif 'started' in result:
+        if forged:  # killed above; its error is said
+            return result
+        if 'started' in result:
             result['errors'].append('the supervisor died (%s)' % why)
         else:
             result['fatal'] = 'the supervisor died while setting up (%s)' % why
